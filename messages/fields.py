@@ -1,0 +1,70 @@
+"""Constrained field types shared by every message of the contract.
+
+Each type rejects bad input with a message that names the rule broken; the
+field name and the offending value are added by `messages.errors`.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
+COMMAND_ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
+MAX_SIZE = 2**63 - 1
+MAX_PATH = 4096
+
+ResourceName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=255, pattern=NAME_PATTERN),
+    Field(description="Pool, volume or domain name: 1-255 chars of [A-Za-z0-9._+-], "
+                      "starting with a letter or digit"),
+]
+
+CommandId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=128, pattern=COMMAND_ID_PATTERN),
+    Field(description="Idempotency key: 1-128 chars of [A-Za-z0-9._:-]"),
+]
+
+Size = Annotated[int, Field(strict=True, ge=0, le=MAX_SIZE, description="Size in bytes")]
+PositiveSize = Annotated[int, Field(strict=True, ge=1, le=MAX_SIZE, description="Size in bytes, at least 1")]
+
+
+def _normalized_absolute(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("a path must not contain a NUL character")
+    if not value.startswith("/"):
+        raise ValueError("a path must be absolute (start with /)")
+    if posixpath.normpath(value) != value or value.startswith("//"):
+        raise ValueError(f"a path must be normalized (no '.', '..', '//' or trailing '/'); "
+                         f"the normalized form is {posixpath.normpath(value)!r}")
+    return value
+
+
+AbsolutePath = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_PATH),
+    AfterValidator(_normalized_absolute),
+    Field(description="Absolute, normalized filesystem path"),
+]
+
+_OCTAL_MODE = re.compile(r"^0?[0-7]{3,4}$")
+
+
+def _octal_mode(value: str) -> str:
+    if not _OCTAL_MODE.match(value):
+        raise ValueError("a mode is an octal string such as '0755'")
+    return value
+
+
+OctalMode = Annotated[str, AfterValidator(_octal_mode), Field(description="Octal permission string, e.g. '0755'")]
+
+
+class Strict(BaseModel):
+    """Base of every contract model: unknown fields are rejected, never ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)

@@ -1,0 +1,67 @@
+"""What a succeeded command carries in `result`, per operation (CONTRACT §3)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from messages.fields import Size, Strict
+from messages.objects import DiskObject, PoolObject, VolumeObject
+
+Changed = Field(description="false when the host already was in the asked-for state")
+
+
+class HostInfo(Strict):
+    host_id: str
+    hostname: str
+    uri: str
+    libvirt_version: str
+    worker_version: str
+    pool_types: list[str]
+
+
+class PoolChange(PoolObject):
+    changed: bool = Changed
+
+
+class PoolUndefined(Strict):
+    name: str
+    changed: bool = Changed
+
+
+class PoolList(Strict):
+    pools: list[PoolObject]
+
+
+class VolumeChange(VolumeObject):
+    changed: bool = Changed
+
+
+class VolumeUploaded(VolumeObject):
+    changed: bool = Changed
+    bytes: Size = Field(description="data bytes sent, holes excluded")
+
+
+class VolumeDownloaded(Strict):
+    bytes: Size = Field(description="data bytes received, holes excluded")
+    path: str
+
+
+class VolumeDeleted(Strict):
+    pool: str
+    name: str
+    changed: bool = Changed
+
+
+class VolumeList(Strict):
+    volumes: list[VolumeObject]
+
+
+class DiskChange(DiskObject):
+    changed: bool = Changed
+
+
+class JobCancelState(Strict):
+    id: str
+    state: Literal["cancelling", "cancelled", "not_cancellable", "finished"]

@@ -1,0 +1,148 @@
+"""Arguments of the volume, disk and job operations (CONTRACT §3)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, StrictBool, StringConstraints, model_validator
+
+from messages.fields import AbsolutePath, CommandId, PositiveSize, ResourceName, Size, Strict
+
+VolumeFormat = Literal[
+    "raw", "qcow2", "qcow", "qed", "vmdk", "vpc", "vdi", "vhdx", "bochs", "cloop", "dmg", "iso",
+    "cow", "fat", "dir", "ploop",
+]
+# Formats that can point at a backing volume.
+BACKING_FORMATS = frozenset({"qcow2", "qcow", "qed", "vmdk"})
+
+WipeAlgorithm = Literal[
+    "zero", "nnsa", "dod", "bsi", "gutmann", "schneier", "pfitzner7", "pfitzner33", "random", "trim",
+]
+
+
+class VolumeRef(Strict):
+    pool: ResourceName
+    name: ResourceName
+
+
+class VolumeNameArgs(Strict):
+    pool: ResourceName
+    name: ResourceName
+
+
+class VolumeListArgs(Strict):
+    pool: ResourceName
+
+
+class VolumeCreateArgs(Strict):
+    pool: ResourceName
+    name: ResourceName
+    capacity: PositiveSize
+    allocation: Size | None = None
+    format: VolumeFormat | None = Field(None, description="Default: raw for file-based pools")
+    prealloc_metadata: StrictBool = False
+    backing: VolumeRef | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "VolumeCreateArgs":
+        if self.allocation is not None and self.allocation > self.capacity:
+            raise ValueError(f"allocation {self.allocation} is larger than capacity {self.capacity}")
+        if self.backing is not None and self.format not in BACKING_FORMATS:
+            raise ValueError(f"a backing volume needs a format that supports one "
+                             f"({', '.join(sorted(BACKING_FORMATS))}), got format {self.format!r}")
+        if self.prealloc_metadata and self.format not in ("qcow2", None):
+            raise ValueError(f"prealloc_metadata applies to qcow2 volumes, got format {self.format!r}")
+        return self
+
+
+class VolumeCloneArgs(Strict):
+    pool: ResourceName
+    source: ResourceName
+    name: ResourceName
+    source_pool: ResourceName | None = Field(None, description="Default: the same pool")
+    format: VolumeFormat | None = Field(None, description="Default: the source's format")
+    capacity: PositiveSize | None = Field(None, description="Default: the source's capacity")
+
+
+class VolumeResizeArgs(Strict):
+    pool: ResourceName
+    name: ResourceName
+    capacity: PositiveSize
+    shrink: StrictBool = False
+    allocate: StrictBool = False
+
+
+class VolumeWipeArgs(Strict):
+    pool: ResourceName
+    name: ResourceName
+    algorithm: WipeAlgorithm = "zero"
+
+
+class UploadSource(Strict):
+    path: AbsolutePath | None = None
+    url: Annotated[str, StringConstraints(max_length=4096, pattern=r"^https?://[^\s]+$")] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "UploadSource":
+        if (self.path is None) == (self.url is None):
+            raise ValueError("source takes exactly one of path or url")
+        return self
+
+
+class DownloadDestination(Strict):
+    path: AbsolutePath
+
+
+class VolumeUploadArgs(Strict):
+    pool: ResourceName
+    name: ResourceName
+    source: UploadSource
+    offset: Size = 0
+    length: Size | None = Field(None, description="Default: the whole source")
+    sparse: StrictBool = True
+
+
+class VolumeDownloadArgs(Strict):
+    pool: ResourceName
+    name: ResourceName
+    destination: DownloadDestination
+    offset: Size = 0
+    length: Size | None = Field(None, description="Default: to the end of the volume")
+    sparse: StrictBool = True
+
+
+class VolumeDeleteArgs(Strict):
+    pool: ResourceName
+    name: ResourceName
+    wipe: StrictBool = Field(False, description="Overwrite the data with zeros before deleting")
+
+
+DiskTarget = Annotated[str, StringConstraints(pattern=r"^(vd|sd|hd|xvd)[a-z]{1,3}$"),
+                       Field(description="Guest device name, e.g. vdb")]
+DiskBus = Literal["virtio", "scsi", "sata", "ide", "usb", "xen"]
+
+
+class VolumeAttachArgs(Strict):
+    domain: ResourceName
+    pool: ResourceName
+    name: ResourceName
+    target: DiskTarget
+    bus: DiskBus | None = Field(None, description="Default: derived from the target prefix")
+    readonly: StrictBool = False
+    live: StrictBool | None = Field(None, description="Default: when the domain is running")
+    config: StrictBool = Field(True, description="Persist in the domain's definition")
+
+
+class VolumeDetachArgs(Strict):
+    domain: ResourceName
+    target: DiskTarget
+    live: StrictBool | None = Field(None, description="Default: when the domain is running")
+    config: StrictBool = True
+
+
+class JobCancelArgs(Strict):
+    id: CommandId
+
+
+class NoArgs(Strict):
+    pass
