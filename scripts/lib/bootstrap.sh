@@ -1,0 +1,98 @@
+# Shared set-up for the project's scripts: Debian packages, libvirtd, RabbitMQ, the virtualenv.
+# Every step checks first and skips what is already done, so a second call starts fast.
+# Sourced, not run: callers set -euo pipefail themselves.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+VENV="${STORAGE_WORKER_VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+DEBIAN_PACKAGES=(libvirt-daemon-system libvirt-clients libvirt-dev pkg-config qemu-utils libxml2-utils
+                 qemu-system-x86)
+
+say() { printf '[bootstrap] %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+missing_packages() {
+    local package
+    for package in "$@"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || echo "$package"
+    done
+}
+
+ensure_packages() {
+    local missing
+    missing=$(missing_packages "$@")
+    [ -z "$missing" ] && return 0
+    say "installing Debian packages: $(echo $missing)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    # shellcheck disable=SC2086
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+}
+
+broker_answers() {
+    "$PYTHON" - <<'PY' 2>/dev/null
+import socket, sys
+try:
+    socket.create_connection(("127.0.0.1", 5672), timeout=2).close()
+except OSError:
+    sys.exit(1)
+PY
+}
+
+ensure_rabbitmq() {
+    broker_answers && return 0
+    ensure_packages rabbitmq-server
+    say "starting rabbitmq-server"
+    as_root rabbitmq-server -detached
+    as_root rabbitmqctl await_startup --timeout 120 >/dev/null
+    broker_answers || { say "RabbitMQ did not come up on 127.0.0.1:5672"; return 1; }
+}
+
+libvirt_answers() {
+    virsh -q -c qemu:///system uri >/dev/null 2>&1
+}
+
+ensure_libvirtd() {
+    ensure_packages "${DEBIAN_PACKAGES[@]}"
+    as_root mkdir -p /var/log/libvirt /var/run/libvirt /var/lib/libvirt/images
+    # virtlogd collects guest console logs; libvirt needs it to start a domain.
+    pgrep -x virtlogd >/dev/null || as_root virtlogd -d
+    libvirt_answers && return 0
+    say "starting libvirtd"
+    pgrep -x libvirtd >/dev/null || as_root libvirtd -d
+    local i
+    for i in $(seq 1 60); do
+        libvirt_answers && return 0
+        sleep 0.5
+    done
+    say "libvirtd did not answer on qemu:///system within 30 s"
+    return 1
+}
+
+ensure_venv() {
+    local stamp="$VENV/.installed" want
+    want=$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)
+    if [ ! -x "$VENV/bin/python" ]; then
+        say "creating virtualenv $VENV"
+        "$PYTHON" -m venv "$VENV"
+    fi
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        say "installing the project and its test dependencies into $VENV"
+        local log="$VENV/pip-install.log"
+        if ! { "$VENV/bin/python" -m pip install --upgrade pip &&
+               "$VENV/bin/python" -m pip install -e "$ROOT[test]"; } >"$log" 2>&1; then
+            tail -n 40 "$log" >&2
+            say "pip install failed; the whole log is in $log"
+            return 1
+        fi
+        echo "$want" > "$stamp"
+    fi
+}
+
+bootstrap() {
+    ensure_libvirtd
+    ensure_rabbitmq
+    ensure_venv
+}

@@ -1,0 +1,96 @@
+"""Settings (CONTRACT §7): flags, then STORAGE_WORKER_* environment variables, then a TOML file,
+then defaults."""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
+                               TomlConfigSettingsSource)
+
+from messages.fields import NAME_PATTERN, AbsolutePath
+from messages.topology import Topology
+
+ENV_PREFIX = "STORAGE_WORKER_"
+_config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("config_file", default=None)
+
+
+def _short_hostname() -> str:
+    return socket.gethostname().split(".")[0]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, case_sensitive=False, extra="forbid",
+                                      frozen=True)
+
+    host_id: Annotated[str, Field(pattern=NAME_PATTERN, max_length=255)] = Field(default_factory=_short_hostname)
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/%2F")
+    amqp_ca_file: Path | None = None
+    amqp_cert_file: Path | None = None
+    amqp_key_file: Path | None = None
+    amqp_heartbeat: int = Field(60, ge=0, description="seconds; 0 turns heartbeats off")
+    libvirt_uri: str = "qemu:///system"
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)] = "storage"
+    state_dir: Path = Path("/var/lib/storage-worker")
+    concurrency: int = Field(8, ge=1, le=256)
+    queue_type: Literal["quorum", "classic"] = "quorum"
+    delivery_limit: int = Field(5, ge=1, description="redeliveries before a command is dead-lettered (quorum)")
+    single_active_consumer: bool = True
+    allowed_roots: list[AbsolutePath] = ["/var/lib/libvirt/images"]
+    url_allowlist: list[str] = []
+    reconcile_interval: float = Field(30, gt=0)
+    capacity_low: float = Field(0.1, ge=0, le=1)
+    metrics_port: int = Field(9464, ge=0, le=65535)
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    policy_file: Path | None = None
+    retry_attempts: int = Field(5, ge=1, description="tries of an operation that meets transient errors")
+    retry_max_seconds: float = Field(60, gt=0, description="total time an operation may spend retrying")
+    shutdown_grace: float = Field(30, ge=0, description="seconds in-flight operations get to finish on SIGTERM")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file.get()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @property
+    def topology(self) -> Topology:
+        return Topology(prefix=self.prefix, host=self.host_id)
+
+    @property
+    def prefetch(self) -> int:
+        """Room for every executor thread plus as many waiting commands, so that control commands
+        such as job.cancel still arrive while every thread is busy."""
+        return self.concurrency * 2
+
+
+def load_settings(flags: dict[str, Any] | None = None, config_file: Path | str | None = None) -> Settings:
+    """Settings with flags (non-None values) over the environment over the TOML file over defaults.
+
+    The file comes from `config_file`, else from STORAGE_WORKER_CONFIG."""
+    path = config_file or os.environ.get(f"{ENV_PREFIX}CONFIG")
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    token = _config_file.set(Path(path) if path else None)
+    try:
+        return Settings(**{k: v for k, v in (flags or {}).items() if v is not None})
+    finally:
+        _config_file.reset(token)

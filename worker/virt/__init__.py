@@ -1,0 +1,1 @@
+"""Everything that talks to libvirt: connection, errors, XML, object descriptions."""
