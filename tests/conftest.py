@@ -1,0 +1,43 @@
+"""Fixtures shared by unit and integration tests.
+
+Integration tests talk to the real RabbitMQ and the real libvirtd. Where one cannot be reached the
+test is skipped on a developer's machine and fails when CI is set: in CI a skipped test is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+LIBVIRT_URI = os.environ.get("TEST_LIBVIRT_URI", "qemu:///system")
+AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+def require(condition: bool, why: str) -> None:
+    """Skip (developer machine) or fail (CI) when a real service the test needs is missing."""
+    if condition:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{why} (CI is set: a missing service fails the test)")
+    pytest.skip(why)
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def libvirt_conn():
+    import libvirt
+
+    from worker.virt.gateway import ensure_event_loop
+
+    ensure_event_loop()
+    try:
+        conn = libvirt.open(LIBVIRT_URI)
+    except libvirt.libvirtError as exc:
+        require(False, f"libvirtd is not reachable at {LIBVIRT_URI}: {exc}")
+    yield conn
+    conn.close()
