@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, TypeAdapter, ValidationError
 
-from messages.errors import describe
+from messages.errors import describe, shown
 from messages.fields import COMMAND_ID_PATTERN
 from messages.operations import OPERATIONS
 
@@ -25,6 +25,10 @@ MAX_BODY = 1024 * 1024
 _ID = re.compile(COMMAND_ID_PATTERN)
 _ENVELOPE_FIELDS = {"id", "op", "args", "deadline"}
 _DEADLINE = TypeAdapter(AwareDatetime)
+# RFC 3339 date-time: seconds and a time zone are required (pydantic alone would also take numbers,
+# numeric strings as Unix times, and times without seconds).
+_RFC3339 = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+                      r"([Zz]|[+-][0-9]{2}:[0-9]{2})$")
 
 
 class Undecodable(Exception):
@@ -74,13 +78,17 @@ def _load(body: bytes) -> dict:
         raise Undecodable(f"the body is not UTF-8 text (byte {exc.start} is invalid)") from None
     except json.JSONDecodeError as exc:
         raise Undecodable(f"the body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:  # e.g. an integer longer than Python's int conversion limit
+        raise Undecodable(f"the body is JSON that cannot be read: {exc}") from None
+    except RecursionError:
+        raise Undecodable("the body is JSON nested too deeply to read") from None
     if not isinstance(document, dict):
-        raise Undecodable(f"the body is a JSON {type(document).__name__}, not an object")
+        raise Undecodable(f"the body is a JSON {_json_type(document)}, not an object")
     command_id = document.get("id")
     if command_id is None:
         raise Undecodable("the command has no id")
     if not isinstance(command_id, str) or not 1 <= len(command_id) <= 128 or not _ID.match(command_id):
-        raise Undecodable(f"the command id {command_id!r} is not 1-128 characters of [A-Za-z0-9._:-]")
+        raise Undecodable(f"the command id {shown(command_id)} is not 1-128 characters of [A-Za-z0-9._:-]")
     return document
 
 
@@ -97,22 +105,27 @@ def decode(body: bytes) -> Command:
 
     extra = sorted(set(document) - _ENVELOPE_FIELDS)
     if extra:
+        known = op if isinstance(op, str) and op in OPERATIONS else None
         raise reject(f"{extra[0]!r} is not a field of the command envelope "
-                     f"(allowed: args, deadline, id, op)", op if op in OPERATIONS else None)
+                     f"(allowed: args, deadline, id, op; got {shown(document[extra[0]])})", known)
     if op is None:
         raise reject("op is required")
     if not isinstance(op, str) or op not in OPERATIONS:
-        raise reject(f"op {op!r} is not an operation; known operations: {', '.join(sorted(OPERATIONS))}")
+        raise reject(f"op {shown(op)} is not an operation; known operations: {', '.join(sorted(OPERATIONS))}")
     if raw_args is None:
         raw_args = {}
     if not isinstance(raw_args, dict):
-        raise reject(f"args must be a JSON object, got {type(raw_args).__name__}", op)
+        raise reject(f"args must be a JSON object, got {_json_type(raw_args)} {shown(raw_args)}", op)
     deadline = None
     if document.get("deadline") is not None:
+        raw_deadline = document["deadline"]
         try:
-            deadline = _DEADLINE.validate_python(document["deadline"])
-        except ValidationError:
-            raise reject(f"deadline {document['deadline']!r} is not an RFC 3339 date-time with a time zone", op) from None
+            if not isinstance(raw_deadline, str) or not _RFC3339.match(raw_deadline):
+                raise ValueError(raw_deadline)
+            deadline = _DEADLINE.validate_python(raw_deadline)
+        except (ValueError, ValidationError):
+            raise reject(f"deadline {shown(raw_deadline)} is not an RFC 3339 date-time with a time zone, "
+                         f"e.g. '2026-11-26T10:00:00Z'", op) from None
     try:
         args = OPERATIONS[op].args.model_validate(raw_args)
     except ValidationError as exc:
@@ -121,9 +134,16 @@ def decode(body: bytes) -> Command:
                    fingerprint=fingerprint(op, args.model_dump(mode="json")))
 
 
+def _json_type(value: Any) -> str:
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
 def encode(command_id: str, op: str, args: dict[str, Any] | BaseModel | None = None,
            deadline: datetime | None = None) -> bytes:
     """The JSON body of a command, for clients."""
+    if deadline is not None and deadline.utcoffset() is None:
+        raise ValueError("a deadline needs a time zone (an aware datetime)")
     if isinstance(args, BaseModel):
         args = args.model_dump(mode="json", exclude_none=True)
     document: dict[str, Any] = {"id": command_id, "op": op, "args": args or {}}

@@ -7,7 +7,8 @@ from pydantic import ValidationError
 _MAX_VALUE = 80
 
 
-def _shown(value: object) -> str:
+def shown(value: object) -> str:
+    """A value as a message quotes it: its repr, cut to a readable length."""
     text = repr(value)
     return text if len(text) <= _MAX_VALUE else text[: _MAX_VALUE - 3] + "..."
 
@@ -33,12 +34,12 @@ def describe(error: ValidationError, prefix: str = "", context: str = "") -> str
             sentences.append(f"{where} is required")
         elif kind == "extra_forbidden":
             owner = f" of {context}" if context else ""
-            sentences.append(f"{where} is not a field{owner} (got {_shown(item['input'])})")
+            sentences.append(f"{where} is not a field{owner} (got {shown(item['input'])})")
         elif kind == "value_error":
             message = item["msg"].removeprefix("Value error, ")
             value = item.get("input")
-            shown = "" if isinstance(value, (dict, list)) else f" (got {_shown(value)})"
-            sentences.append(f"{where}: {message}{shown}")
+            got = "" if isinstance(value, (dict, list)) else f" (got {shown(value)})"
+            sentences.append(f"{where}: {message}{got}")
         else:
-            sentences.append(f"{where}: {item['msg']} (got {_shown(item['input'])})")
+            sentences.append(f"{where}: {item['msg']} (got {shown(item['input'])})")
     return "; ".join(sentences)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_serializer
 
 from messages.fields import Size, Strict
 from messages.objects import PoolObject, VolumeObject
@@ -103,6 +103,11 @@ class CloudEvent(Strict):
     sequence: str = Field(description="Per-worker-process integer, increasing in publish order")
     commandid: str | None = None
     data: dict
+
+    @field_serializer("time")
+    def _millisecond_utc(self, value: datetime) -> str:
+        text = value.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+        return text.replace("+00:00", "Z")
 
     def routing_key(self) -> str:
         return f"{self.host}.{self.type.suffix}"

@@ -34,7 +34,8 @@ Size = Annotated[int, Field(strict=True, ge=0, le=MAX_SIZE, description="Size in
 PositiveSize = Annotated[int, Field(strict=True, ge=1, le=MAX_SIZE, description="Size in bytes, at least 1")]
 
 
-def _normalized_absolute(value: str) -> str:
+def normalized_absolute(value: str) -> str:
+    """The path itself when it is absolute and normalized, else ValueError naming the rule."""
     if "\x00" in value:
         raise ValueError("a path must not contain a NUL character")
     if not value.startswith("/"):
@@ -48,20 +49,28 @@ def _normalized_absolute(value: str) -> str:
 AbsolutePath = Annotated[
     str,
     StringConstraints(min_length=1, max_length=MAX_PATH),
-    AfterValidator(_normalized_absolute),
+    AfterValidator(normalized_absolute),
     Field(description="Absolute, normalized filesystem path"),
 ]
 
-_OCTAL_MODE = re.compile(r"^0?[0-7]{3,4}$")
+_OCTAL_MODE = re.compile(r"^[0-7]{1,4}$")
 
 
 def _octal_mode(value: str) -> str:
     if not _OCTAL_MODE.match(value):
         raise ValueError("a mode is an octal string such as '0755'")
-    return value
+    mode = int(value, 8)
+    if mode > 0o777:
+        raise ValueError("a mode holds permission bits only (at most '0777'; libvirt refuses "
+                         "setuid, setgid and sticky bits)")
+    # libvirt stores the number and writes it back as "0%o": keep that one spelling, so that a
+    # definition read back from libvirt compares equal and equivalent commands fingerprint alike.
+    return f"0{mode:o}"
 
 
-OctalMode = Annotated[str, AfterValidator(_octal_mode), Field(description="Octal permission string, e.g. '0755'")]
+OctalMode = Annotated[str, AfterValidator(_octal_mode),
+                      Field(description="Octal permission string, e.g. '0755' (at most 0777); "
+                                        "stored in libvirt's spelling, '0' followed by the octal digits")]
 
 
 class Strict(BaseModel):

@@ -19,6 +19,7 @@ class Operation:
     result: type[BaseModel]
     summary: str
     long_running: bool = False
+    cancellable: bool = False  # a running command stops promptly on job.cancel (stream transfers)
 
 
 _TABLE = [
@@ -37,8 +38,8 @@ _TABLE = [
     Operation("volume.clone", vl.VolumeCloneArgs, p.VolumeChange, "Create a volume as a copy of another", True),
     Operation("volume.resize", vl.VolumeResizeArgs, p.VolumeChange, "Change a volume's capacity"),
     Operation("volume.wipe", vl.VolumeWipeArgs, p.VolumeChange, "Overwrite a volume's data", True),
-    Operation("volume.upload", vl.VolumeUploadArgs, p.VolumeUploaded, "Write a file or URL into an existing volume", True),
-    Operation("volume.download", vl.VolumeDownloadArgs, p.VolumeDownloaded, "Copy a volume's content to a file", True),
+    Operation("volume.upload", vl.VolumeUploadArgs, p.VolumeUploaded, "Write a file or URL into an existing volume", True, True),
+    Operation("volume.download", vl.VolumeDownloadArgs, p.VolumeDownloaded, "Copy a volume's content to a file", True, True),
     Operation("volume.delete", vl.VolumeDeleteArgs, p.VolumeDeleted, "Delete a volume, optionally wiping it first"),
     Operation("volume.info", vl.VolumeNameArgs, VolumeObject, "Describe one volume"),
     Operation("volume.list", vl.VolumeListArgs, p.VolumeList, "List a pool's volumes"),

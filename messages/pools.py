@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import posixpath
+import re
+import uuid as uuidlib
 from typing import Annotated, Literal
 
-from pydantic import Field, StrictBool, StringConstraints, model_validator
+from pydantic import AfterValidator, Field, StrictBool, StringConstraints, model_validator
 
-from messages.fields import AbsolutePath, OctalMode, ResourceName, Strict
+from messages.fields import AbsolutePath, OctalMode, ResourceName, Strict, normalized_absolute
 
 PoolType = Literal[
     "dir", "fs", "netfs", "logical", "disk", "iscsi", "iscsi-direct", "scsi", "mpath",
     "rbd", "sheepdog", "gluster", "zfs", "vstorage",
 ]
 
+# libvirt's schema: a DNS name ([A-Za-z0-9.-]) or an IPv4/IPv6 address, written bare (no brackets).
 HostName = Annotated[str, StringConstraints(min_length=1, max_length=253,
-                                            pattern=r"^[A-Za-z0-9_.:\[\]-]+$")]
+                                            pattern=r"^[A-Za-z0-9.:-]+$")]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^\x00-\x1f]+$")]
 
 
@@ -35,9 +39,33 @@ class SourceAdapter(Strict):
     wwpn: Annotated[str, StringConstraints(pattern=r"^(0x)?[0-9a-fA-F]{16}$")] | None = None
     managed: StrictBool | None = None
 
+    @model_validator(mode="after")
+    def _fits_type(self) -> "SourceAdapter":
+        # What libvirt's adapter parser keeps: scsi_host is named; fc_host is found by its WWNs.
+        if self.type == "scsi_host":
+            if self.name is None:
+                raise ValueError("a scsi_host adapter needs name (e.g. 'host0')")
+            extra = [f for f in ("parent", "wwnn", "wwpn", "managed") if getattr(self, f) is not None]
+            if extra:
+                raise ValueError(f"a scsi_host adapter takes no {', '.join(extra)} (fc_host attributes)")
+        else:
+            missing = [f for f in ("wwnn", "wwpn") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(f"an fc_host adapter needs {' and '.join(missing)}")
+            if self.name is not None:
+                raise ValueError("an fc_host adapter takes no name; it is found by wwnn and wwpn")
+        return self
+
+
+def _canonical_uuid(value: str) -> str:
+    # libvirt stores a secret's UUID as 16 bytes and writes it back lower-case with dashes.
+    return str(uuidlib.UUID(value))
+
 
 class AuthSecret(Strict):
-    uuid: Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F-]{32,36}$")] | None = None
+    uuid: Annotated[str, StringConstraints(
+        pattern=r"^([0-9a-fA-F]{32}|[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12})$"),
+        AfterValidator(_canonical_uuid)] | None = None
     usage: Text | None = None
 
     @model_validator(mode="after")
@@ -68,10 +96,14 @@ class PoolSource(Strict):
     initiator: SourceInitiator | None = None
 
 
+# libvirt treats -1 as "not set" (it never writes it back) and writes ids as signed 32-bit numbers.
+_Id = Annotated[int, Field(strict=True, ge=0, le=2**31 - 1)]
+
+
 class TargetPermissions(Strict):
     mode: OctalMode | None = None
-    owner: Annotated[int, Field(strict=True, ge=-1)] | None = None
-    group: Annotated[int, Field(strict=True, ge=-1)] | None = None
+    owner: _Id | None = None
+    group: _Id | None = None
     label: Text | None = None
 
 
@@ -80,32 +112,53 @@ class PoolTarget(Strict):
     permissions: TargetPermissions | None = None
 
 
-# What each pool type needs in its definition, after libvirt's storage pool format docs.
-# "target": a target path is required; "device"/"host": how many entries (min, max);
-# other names: source fields that must be present.
+# What each pool type takes in its definition, after libvirt's storagepool.rng schema and its pool
+# parser (virStoragePoolDefParseXML), which drops source fields a type does not use and refuses a
+# missing target path for every type that has one, except logical and zfs whose paths it derives:
+# "target": True = target.path is required, "derived" = optional, libvirt sets /dev/<vg name>;
+# "source": the source fields the type takes; "host"/"device": how many entries (min, max);
+# "fields": source fields that must be present; "any_of": at least one of them must be;
+# "formats": the source.format values the type knows; "auth": the auth type its backend speaks.
 _DEVICE_ONE = (1, 1)
+_FS_FORMATS = ("auto", "ext2", "ext3", "ext4", "ufs", "iso9660", "udf", "gfs", "gfs2", "vfat", "hfs+",
+               "xfs", "ocfs2", "vmfs")
+_NETFS_FORMATS = ("auto", "nfs", "glusterfs", "cifs")
+_DISK_FORMATS = ("unknown", "dos", "dvh", "gpt", "mac", "bsd", "pc98", "sun", "lvm2")
+_LOGICAL_FORMATS = ("unknown", "lvm2")
 _REQUIREMENTS: dict[str, dict] = {
-    "dir": {"target": True},
-    "fs": {"target": True, "device": _DEVICE_ONE},
-    "netfs": {"target": True, "host": (1, 1), "fields": ("dir",)},
-    "logical": {"any_of": ("name", "device")},
-    "disk": {"device": _DEVICE_ONE},
-    "iscsi": {"host": (1, 1), "device": _DEVICE_ONE},
-    "iscsi-direct": {"host": (1, 1), "device": _DEVICE_ONE, "fields": ("initiator",)},
-    "scsi": {"fields": ("adapter",)},
-    "mpath": {},
-    "rbd": {"host": (1, 64), "fields": ("name",)},
-    "sheepdog": {"host": (1, 1), "fields": ("name",)},
-    "gluster": {"host": (1, 1), "fields": ("name",)},
-    "zfs": {"fields": ("name",)},
-    "vstorage": {"fields": ("name",)},
+    "dir": {"target": True, "source": ()},
+    "fs": {"target": True, "source": ("device", "format"), "device": _DEVICE_ONE, "formats": _FS_FORMATS},
+    "netfs": {"target": True, "source": ("host", "dir", "format"), "host": (1, 1), "fields": ("dir",),
+              "formats": _NETFS_FORMATS},
+    "logical": {"target": "derived", "source": ("name", "device", "format"), "device": (0, 256),
+                "any_of": ("name", "device"), "formats": _LOGICAL_FORMATS},
+    "disk": {"target": True, "source": ("device", "format"), "device": _DEVICE_ONE, "formats": _DISK_FORMATS},
+    "iscsi": {"target": True, "source": ("host", "device", "initiator", "auth"), "host": (1, 1),
+              "device": _DEVICE_ONE, "auth": "chap"},
+    "iscsi-direct": {"source": ("host", "device", "initiator", "auth"), "host": (1, 1), "device": _DEVICE_ONE,
+                     "fields": ("initiator",), "auth": "chap"},
+    "scsi": {"target": True, "source": ("adapter",), "fields": ("adapter",)},
+    "mpath": {"target": True, "source": ()},
+    "rbd": {"source": ("host", "name", "auth"), "host": (1, 64), "fields": ("name",), "auth": "ceph"},
+    "sheepdog": {"source": ("host", "name"), "host": (1, 1), "fields": ("name",)},
+    "gluster": {"source": ("host", "name", "dir"), "host": (1, 1), "fields": ("name",)},
+    "zfs": {"source": ("name", "device"), "device": (0, 1), "fields": ("name",)},
+    "vstorage": {"target": True, "source": ("name",), "fields": ("name",)},
 }
+_SOURCE_FIELDS = ("host", "dir", "device", "name", "format", "adapter", "auth", "initiator")
+# The schema's IscsiQualifiedName, the only device path an iscsi-direct pool takes.
+_IQN = re.compile(r"^iqn\.[0-9]{4}-(0[1-9]|1[0-2])\.[a-zA-Z0-9.-]+(:.+)?$")
 # Pool types whose source devices are local block devices (paths under /dev).
 LOCAL_DEVICE_TYPES = frozenset({"fs", "logical", "disk", "zfs"})
 # Pool types whose target is a directory of files the worker creates (checked against ALLOWED_ROOTS);
 # the other types' targets are directories of device nodes and must lie under /dev.
-FILE_TARGET_TYPES = frozenset({"dir", "fs", "netfs"})
+FILE_TARGET_TYPES = frozenset({"dir", "fs", "netfs", "vstorage"})
 DEVICE_TARGET_TYPES = frozenset({"logical", "disk", "iscsi", "scsi", "mpath"})
+
+
+def _given(source: "PoolSource", field: str) -> bool:
+    value = getattr(source, field)
+    return value != [] if isinstance(value, list) else value is not None
 
 
 class PoolDefineArgs(Strict):
@@ -113,38 +166,79 @@ class PoolDefineArgs(Strict):
     type: PoolType
     target: PoolTarget | None = None
     source: PoolSource | None = None
-    build: StrictBool = False
-    start: StrictBool = False
-    autostart: StrictBool = False
+    build: StrictBool = Field(False, description="Build the pool's storage (never overwriting data)")
+    start: StrictBool = Field(False, description="Start the pool")
+    autostart: StrictBool | None = Field(None, description="Turn autostart on or off; absent: leave as it is")
 
     @model_validator(mode="after")
     def _fits_type(self) -> "PoolDefineArgs":
-        need = _REQUIREMENTS[self.type]
+        kind = self.type
+        need = _REQUIREMENTS[kind]
         source = self.source or PoolSource()
-        if need.get("target") and self.target is None:
-            raise ValueError(f"a {self.type} pool needs target.path")
-        if self.target is not None and self.type not in FILE_TARGET_TYPES | DEVICE_TARGET_TYPES:
-            raise ValueError(f"a {self.type} pool has no target path; remove target")
+        if kind == "dir" and self.source is not None:
+            raise ValueError("a dir pool takes no source; remove source")
+        if need.get("target") is True and self.target is None:
+            raise ValueError(f"a {kind} pool needs target.path")
+        if self.target is not None and kind not in FILE_TARGET_TYPES | DEVICE_TARGET_TYPES:
+            raise ValueError(f"a {kind} pool has no target path; remove target")
+        for field in _SOURCE_FIELDS:
+            if _given(source, field) and field not in need["source"]:
+                raise ValueError(f"a {kind} pool takes no source.{field}; remove it")
         for field in ("host", "device"):
             low, high = need.get(field, (0, 0))
             count = len(getattr(source, field))
             if not low <= count <= high:
                 wanted = f"exactly {low}" if low == high else f"{low} to {high}"
-                raise ValueError(f"a {self.type} pool needs {wanted} source.{field} entries, got {count}")
+                raise ValueError(f"a {kind} pool needs {wanted} source.{field} entries, got {count}")
         for field in need.get("fields", ()):
             if getattr(source, field) is None:
-                raise ValueError(f"a {self.type} pool needs source.{field}")
+                raise ValueError(f"a {kind} pool needs source.{field}")
         any_of = need.get("any_of")
-        if any_of and not any(getattr(source, f) for f in any_of):
-            raise ValueError(f"a {self.type} pool needs source.{any_of[0]} or source.{any_of[1]}")
-        if self.type in LOCAL_DEVICE_TYPES:
-            for device in source.device:
+        if any_of and not any(_given(source, f) for f in any_of):
+            raise ValueError(f"a {kind} pool needs source.{any_of[0]} or source.{any_of[1]}")
+        formats = need.get("formats", ())
+        if source.format is not None and source.format not in formats:
+            raise ValueError(f"source.format {source.format!r} is not a format of a {kind} pool "
+                             f"(one of: {', '.join(formats)})")
+        if source.auth is not None and source.auth.type != need["auth"]:
+            raise ValueError(f"source.auth.type {source.auth.type!r} does not fit a {kind} pool; "
+                             f"its backend authenticates with {need['auth']!r}")
+        for device in source.device:
+            if kind in LOCAL_DEVICE_TYPES:
+                try:
+                    normalized_absolute(device.path)
+                except ValueError as exc:
+                    raise ValueError(f"source.device path {device.path!r} of a {kind} pool: {exc}") from None
                 if not device.path.startswith("/dev/"):
-                    raise ValueError(f"source.device path {device.path!r} of a {self.type} pool "
+                    raise ValueError(f"source.device path {device.path!r} of a {kind} pool "
                                      f"must be a device under /dev/")
-        if self.type == "dir" and self.source is not None:
-            raise ValueError("a dir pool takes no source; remove source")
+            elif kind == "iscsi-direct" and not _IQN.match(device.path):
+                raise ValueError(f"source.device path {device.path!r} of an iscsi-direct pool must be "
+                                 f"the target's IQN, e.g. 'iqn.2013-06.com.example:storage'")
+        if source.dir is not None:
+            self._check_dir(source)
+        if need.get("target") == "derived" and self.target is not None:
+            derived = f"/dev/{source.name or self.name}"
+            if self.target.path != derived:
+                raise ValueError(f"target.path {self.target.path!r} of a {kind} pool is always {derived!r} "
+                                 f"(/dev/ and the volume group name); remove target.path or use that")
         return self
+
+    def _check_dir(self, source: PoolSource) -> None:
+        # libvirt sanitizes the directory (no '//', no trailing '/') before storing it: only its
+        # normalized form reads back the same. NFS exports and gluster directories are absolute;
+        # a cifs share or a glusterfs volume name (netfs) is not.
+        value = source.dir
+        relative = self.type == "netfs" and source.format in ("cifs", "glusterfs")
+        if relative and not value.startswith("/"):
+            if posixpath.normpath(value) != value:
+                raise ValueError(f"source.dir {value!r} must be normalized (no '.', '..', '//' or "
+                                 f"trailing '/'); the normalized form is {posixpath.normpath(value)!r}")
+            return
+        try:
+            normalized_absolute(value)
+        except ValueError as exc:
+            raise ValueError(f"source.dir {value!r} of a {self.type} pool: {exc}") from None
 
 
 class PoolNameArgs(Strict):

@@ -8,8 +8,9 @@ from pydantic import Field, StrictBool, StringConstraints, model_validator
 
 from messages.fields import AbsolutePath, CommandId, PositiveSize, ResourceName, Size, Strict
 
+# libvirt's volume formats (storagecommon.rng, virStorageFileFormat); it has no "vhdx".
 VolumeFormat = Literal[
-    "raw", "qcow2", "qcow", "qed", "vmdk", "vpc", "vdi", "vhdx", "bochs", "cloop", "dmg", "iso",
+    "raw", "qcow2", "qcow", "qed", "vmdk", "vpc", "vdi", "bochs", "cloop", "dmg", "iso",
     "cow", "fat", "dir", "ploop",
 ]
 # Formats that can point at a backing volume.
@@ -50,7 +51,8 @@ class VolumeCreateArgs(Strict):
         if self.backing is not None and self.format not in BACKING_FORMATS:
             raise ValueError(f"a backing volume needs a format that supports one "
                              f"({', '.join(sorted(BACKING_FORMATS))}), got format {self.format!r}")
-        if self.prealloc_metadata and self.format not in ("qcow2", None):
+        # No format means raw on file pools, where libvirt refuses metadata preallocation.
+        if self.prealloc_metadata and self.format != "qcow2":
             raise ValueError(f"prealloc_metadata applies to qcow2 volumes, got format {self.format!r}")
         return self
 

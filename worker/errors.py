@@ -16,6 +16,7 @@ class OperationError(Exception):
         self.retryable = retryable
         self.libvirt = libvirt
         self.reconnect = reconnect
+        self.attempts = 0
 
     def info(self) -> ErrorInfo:
         return ErrorInfo(code=self.code, message=self.message, retryable=self.retryable, libvirt=self.libvirt)

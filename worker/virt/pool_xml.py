@@ -25,6 +25,9 @@ def build(args: PoolDefineArgs) -> str:
             for field in ("mode", "owner", "group", "label"):
                 if getattr(perms, field) is not None:
                     child(element, field, getattr(perms, field))
+    elif args.type == "logical":
+        # libvirt derives a logical pool's path (/dev/<vg>), but its schema wants the element.
+        child(root, "target")
     return to_string(root)
 
 

@@ -15,8 +15,8 @@ def build(name: str, capacity: int, *, allocation: int | None = None, format: st
     child(root, "capacity", capacity, unit="bytes")
     if allocation is not None:
         child(root, "allocation", allocation, unit="bytes")
+    target = child(root, "target")  # required by libvirt's storagevol.rng, even when empty
     if format is not None:
-        target = child(root, "target")
         child(target, "format", type=format)
     if backing_path is not None:
         backing = child(root, "backingStore")

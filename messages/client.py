@@ -1,0 +1,92 @@
+"""A small blocking client for control planes: send a command, wait for its result.
+
+    with StorageClient("amqp://guest:guest@localhost:5672/%2F", host_id="kvm-01") as client:
+        result = client.call("volume.create", {"pool": "images", "name": "vm1.qcow2",
+                                               "capacity": 10 * 2**30, "format": "qcow2"})
+        print(result.status, result.result)
+
+Replies come over RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`), so no queue is declared.
+This is the only module of `messages` that imports pika.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime
+from typing import Any
+
+import pika
+from pika.exceptions import UnroutableError
+
+from messages.command import encode
+from messages.results import Result
+from messages.topology import Topology
+
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+class NoWorker(RuntimeError):
+    """No command queue is bound for the host id: no worker for that host has ever started."""
+
+
+class CallTimeout(TimeoutError):
+    pass
+
+
+class StorageClient:
+    def __init__(self, amqp_url: str = "amqp://guest:guest@localhost:5672/%2F", *, host_id: str,
+                 prefix: str = "storage"):
+        self.topology = Topology(prefix=prefix, host=host_id)
+        self._connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        self._channel = self._connection.channel()
+        self._channel.confirm_delivery()
+        self._replies: dict[str, Result] = {}
+        self._channel.basic_consume(DIRECT_REPLY_TO, self._on_reply, auto_ack=True)
+
+    def __enter__(self) -> "StorageClient":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._connection.is_open:
+            self._connection.close()
+
+    def _on_reply(self, _channel: Any, _method: Any, properties: pika.BasicProperties, body: bytes) -> None:
+        self._replies[properties.correlation_id] = Result.model_validate_json(body)
+
+    def submit(self, op: str, args: dict[str, Any] | None = None, *, command_id: str | None = None,
+               deadline: datetime | None = None, reply_to: str | None = None,
+               correlation_id: str | None = None, body: bytes | None = None) -> str:
+        """Publish a command (confirmed by the broker) and return its id; replies go to `reply_to`."""
+        command_id = command_id or str(uuid.uuid4())
+        properties = pika.BasicProperties(content_type="application/json", delivery_mode=2,
+                                          reply_to=reply_to, correlation_id=correlation_id or command_id,
+                                          message_id=command_id)
+        try:
+            self._channel.basic_publish(self.topology.commands_exchange, self.topology.command_routing_key,
+                                        body if body is not None else encode(command_id, op, args, deadline),
+                                        properties, mandatory=True)
+        except UnroutableError:
+            raise NoWorker(f"no worker queue is bound for host {self.topology.host!r} on exchange "
+                           f"{self.topology.commands_exchange!r}; is a worker with that host id running?") from None
+        return command_id
+
+    def call(self, op: str, args: dict[str, Any] | None = None, *, command_id: str | None = None,
+             deadline: datetime | None = None, timeout: float = 60.0) -> Result:
+        """Send a command and wait for its result; raises CallTimeout after `timeout` seconds."""
+        correlation_id = str(uuid.uuid4())
+        command_id = self.submit(op, args, command_id=command_id, deadline=deadline, reply_to=DIRECT_REPLY_TO,
+                                 correlation_id=correlation_id)
+        return self.wait(correlation_id, timeout, what=f"{op} {command_id}")
+
+    def wait(self, correlation_id: str, timeout: float, what: str = "the command") -> Result:
+        end = time.monotonic() + timeout
+        while correlation_id not in self._replies:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise CallTimeout(f"no result for {what} within {timeout} s")
+            self._connection.process_data_events(time_limit=min(left, 0.5))
+        return self._replies.pop(correlation_id)

@@ -1,0 +1,356 @@
+"""The AMQP link: one thread owns the pika connection and every channel; nothing else touches them.
+
+Other threads hand work to it with `call_soon` (pika's `add_callback_threadsafe`), so the I/O loop
+never waits on libvirt and heartbeats keep flowing during operations of any length.
+
+Two channels per connection:
+- the *publish* channel, in confirm mode: every publish gets a delivery tag, and its callback runs
+  once the broker confirms it. Publishes made while no channel is open wait in an outbox; publishes
+  unconfirmed when a connection is lost go back to the front of the outbox and are sent again.
+- the *consume* channel: prefetch, manual acks. Each delivery remembers the channel generation it
+  came from; an ack for an older generation is dropped (that message is redelivered by the broker
+  and answered from the journal), never sent with a stale delivery tag.
+
+The link reconnects with jittered exponential backoff and re-declares the topology every time.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+from pika.adapters.select_connection import IOLoop
+from pika.exceptions import AMQPError
+from pika.spec import Basic, BasicProperties
+
+from worker.amqp.topology import Declaration, declarations
+
+log = logging.getLogger(__name__)
+
+RECONNECT_MIN = 0.5
+RECONNECT_MAX = 30.0
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A received message, with what is needed to ack it on the channel it came from."""
+
+    generation: int
+    delivery_tag: int
+    redelivered: bool
+    routing_key: str
+    properties: BasicProperties
+    body: bytes
+
+
+@dataclass
+class Outgoing:
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: BasicProperties
+    on_confirmed: Callable[[], None] | None = None
+    attempts: int = field(default=0)
+
+
+class TopologyError(RuntimeError):
+    """The broker refused the topology (e.g. a queue exists with other arguments): fatal."""
+
+
+class AmqpLink:
+    def __init__(self, parameters: pika.URLParameters, decls: list[Declaration], *, queue: str,
+                 prefetch: int, on_delivery: Callable[[Delivery], None],
+                 on_connected: Callable[[], None] | None = None,
+                 on_disconnected: Callable[[str], None] | None = None,
+                 on_fatal: Callable[[Exception], None] | None = None):
+        self._parameters = parameters
+        self._declarations = decls
+        self._queue = queue
+        self._prefetch = prefetch
+        self._on_delivery = on_delivery
+        self._on_connected = on_connected
+        self._on_disconnected = on_disconnected
+        self._on_fatal = on_fatal
+        self._ioloop = IOLoop()
+        self._thread = threading.Thread(target=self._run, name="amqp-io", daemon=True)
+        self._connection: pika.SelectConnection | None = None
+        self._publish_channel: Any = None
+        self._consume_channel: Any = None
+        self._consumer_tag: str | None = None
+        self._consuming_wanted = True
+        self._generation = 0
+        self._next_tag = 0
+        self._unconfirmed: "collections.OrderedDict[int, Outgoing]" = collections.OrderedDict()
+        self._outbox: collections.deque[Outgoing] = collections.deque()
+        self._backoff = RECONNECT_MIN
+        self._stopping = False
+        self._ready = threading.Event()
+        self._stopped = threading.Event()
+        self.blocked = False
+
+    # ---- API for other threads -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """True once the topology is declared and consuming has begun."""
+        return self._ready.wait(timeout)
+
+    @property
+    def is_ready(self) -> bool:
+        return self._ready.is_set()
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self._ioloop.add_callback_threadsafe(callback)
+
+    def publish(self, message: Outgoing) -> None:
+        self.call_soon(lambda: self._publish(message))
+
+    def ack(self, delivery: Delivery) -> None:
+        self.call_soon(lambda: self._settle(delivery, ack=True))
+
+    def requeue(self, delivery: Delivery) -> None:
+        """Give a message back to the queue untouched (it was never started)."""
+        self.call_soon(lambda: self._settle(delivery, ack=False))
+
+    def stop_consuming(self) -> None:
+        self.call_soon(self._cancel_consumer)
+
+    def pending_publishes(self) -> int:
+        return len(self._unconfirmed) + len(self._outbox)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Close after pending publishes are confirmed (or `timeout` passes); stops the thread."""
+        self.call_soon(lambda: self._close_when_flushed(timeout))
+        self._stopped.wait(timeout + 5)
+
+    # ---- connection lifecycle (I/O thread) ---------------------------------------------------
+
+    def _run(self) -> None:
+        self._connect()
+        try:
+            self._ioloop.start()
+        finally:
+            self._stopped.set()
+
+    def _connect(self) -> None:
+        if self._stopping:
+            return
+        log.info("connecting to the broker", extra={"broker": _where(self._parameters)})
+        self._connection = pika.SelectConnection(
+            self._parameters, on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
+            on_close_callback=self._on_closed, custom_ioloop=self._ioloop)
+        self._connection.add_on_connection_blocked_callback(self._on_blocked)
+        self._connection.add_on_connection_unblocked_callback(self._on_unblocked)
+
+    def _schedule_reconnect(self, reason: str) -> None:
+        delay = self._backoff * random.uniform(0.5, 1.0)
+        self._backoff = min(self._backoff * 2, RECONNECT_MAX)
+        log.warning("broker connection lost; reconnecting", extra={"reason": reason, "delay_s": round(delay, 2)})
+        self._ioloop.call_later(delay, self._connect)
+
+    def _on_open_error(self, _connection: Any, error: Exception) -> None:
+        self._connection = None
+        if self._stopping:
+            self._ioloop.stop()
+            return
+        self._schedule_reconnect(f"cannot connect: {error!r}")
+
+    def _on_open(self, connection: pika.SelectConnection) -> None:
+        connection.channel(on_open_callback=self._on_publish_channel_open)
+
+    def _on_closed(self, _connection: Any, reason: Exception) -> None:
+        self._connection = None
+        self._lost_channels(f"connection closed: {reason!r}")
+        if self._stopping:
+            self._ioloop.stop()
+            return
+        self._schedule_reconnect(repr(reason))
+
+    def _lost_channels(self, reason: str) -> None:
+        """Channels are gone: unconfirmed publishes go back to the outbox, deliveries become stale."""
+        was_ready = self._ready.is_set()
+        self._ready.clear()
+        self._publish_channel = None
+        self._consume_channel = None
+        self._consumer_tag = None
+        self._generation += 1
+        if self._unconfirmed:
+            self._outbox.extendleft(reversed(list(self._unconfirmed.values())))
+            self._unconfirmed.clear()
+        if was_ready and self._on_disconnected is not None:
+            self._on_disconnected(reason)
+
+    def _on_blocked(self, _connection: Any, frame: Any) -> None:
+        self.blocked = True
+        log.warning("the broker blocked this connection (resource alarm)", extra={"reason": str(frame.method.reason)})
+
+    def _on_unblocked(self, _connection: Any, _frame: Any) -> None:
+        self.blocked = False
+        log.info("the broker unblocked this connection")
+
+    # ---- publish channel and topology ---------------------------------------------------------
+
+    def _on_publish_channel_open(self, channel: Any) -> None:
+        self._publish_channel = channel
+        self._next_tag = 0
+        channel.add_on_close_callback(self._on_publish_channel_closed)
+        channel.confirm_delivery(self._on_confirm, callback=lambda _frame: self._declare(list(self._declarations)))
+
+    def _declare(self, remaining: list[Declaration]) -> None:
+        if not remaining:
+            self._open_consume_channel()
+            return
+        step, rest = remaining[0], remaining[1:]
+        step.apply(self._publish_channel, lambda _frame: self._declare(rest))
+
+    def _on_publish_channel_closed(self, _channel: Any, reason: Exception) -> None:
+        if self._connection is None or not self._connection.is_open:
+            return
+        code = getattr(reason, "reply_code", 0)
+        if code in (404, 406) and not self._ready.is_set():
+            error = TopologyError(f"the broker refused the topology: {getattr(reason, 'reply_text', reason)}")
+            log.error(str(error))
+            self._stopping = True
+            if self._on_fatal is not None:
+                self._on_fatal(error)
+            self._connection.close()
+            return
+        log.warning("publish channel closed; reopening it", extra={"reason": repr(reason)})
+        self._connection.close(320, "reopening after a channel error")
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        tag, multiple = method.delivery_tag, method.multiple
+        settled = [t for t in self._unconfirmed if t <= tag] if multiple else [tag]
+        for item_tag in settled:
+            item = self._unconfirmed.pop(item_tag, None)
+            if item is None:
+                continue
+            if isinstance(method, Basic.Ack):
+                if item.on_confirmed is not None:
+                    item.on_confirmed()
+            else:
+                log.warning("broker nacked a publish; sending it again",
+                            extra={"exchange": item.exchange, "routing_key": item.routing_key})
+                self._ioloop.call_later(min(0.1 * 2 ** item.attempts, 5), lambda it=item: self._publish(it))
+
+    def _publish(self, message: Outgoing) -> None:
+        channel = self._publish_channel
+        if channel is None or not channel.is_open or not self._ready.is_set():
+            self._outbox.append(message)
+            return
+        try:
+            channel.basic_publish(message.exchange, message.routing_key, message.body, message.properties)
+        except AMQPError as exc:
+            log.warning("publish failed; queued for the next connection", extra={"error": repr(exc)})
+            self._outbox.append(message)
+            return
+        message.attempts += 1
+        self._next_tag += 1
+        self._unconfirmed[self._next_tag] = message
+
+    def _flush_outbox(self) -> None:
+        waiting, self._outbox = self._outbox, collections.deque()
+        for message in waiting:
+            self._publish(message)
+
+    # ---- consume channel ----------------------------------------------------------------------
+
+    def _open_consume_channel(self) -> None:
+        assert self._connection is not None
+        self._connection.channel(on_open_callback=self._on_consume_channel_open)
+
+    def _on_consume_channel_open(self, channel: Any) -> None:
+        self._consume_channel = channel
+        channel.add_on_close_callback(self._on_consume_channel_closed)
+        channel.basic_qos(prefetch_count=self._prefetch, callback=lambda _frame: self._start_consuming(channel))
+
+    def _start_consuming(self, channel: Any) -> None:
+        if self._consuming_wanted:
+            self._consumer_tag = channel.basic_consume(self._queue, self._on_message, auto_ack=False)
+        self._backoff = RECONNECT_MIN
+        self._ready.set()
+        log.info("consuming", extra={"queue": self._queue, "prefetch": self._prefetch})
+        self._flush_outbox()
+        if self._on_connected is not None:
+            self._on_connected()
+
+    def _on_consume_channel_closed(self, channel: Any, reason: Exception) -> None:
+        if channel is not self._consume_channel:
+            return
+        if self._connection is None or not self._connection.is_open or self._stopping:
+            return
+        log.warning("consume channel closed; reopening it", extra={"reason": repr(reason)})
+        self._consume_channel = None
+        self._consumer_tag = None
+        self._generation += 1
+        self._ready.clear()
+        if self._on_disconnected is not None:
+            self._on_disconnected(f"consume channel closed: {reason!r}")
+        self._open_consume_channel()
+
+    def _on_message(self, _channel: Any, method: Basic.Deliver, properties: BasicProperties, body: bytes) -> None:
+        self._on_delivery(Delivery(generation=self._generation, delivery_tag=method.delivery_tag,
+                                   redelivered=bool(method.redelivered), routing_key=method.routing_key,
+                                   properties=properties, body=body))
+
+    def _settle(self, delivery: Delivery, *, ack: bool) -> None:
+        channel = self._consume_channel
+        if delivery.generation != self._generation or channel is None or not channel.is_open:
+            log.info("not settling a delivery from a closed channel; the broker redelivers it",
+                     extra={"delivery_tag": delivery.delivery_tag})
+            return
+        if ack:
+            channel.basic_ack(delivery.delivery_tag)
+        else:
+            channel.basic_nack(delivery.delivery_tag, requeue=True)
+
+    def _cancel_consumer(self) -> None:
+        self._consuming_wanted = False
+        channel, tag = self._consume_channel, self._consumer_tag
+        if channel is not None and channel.is_open and tag is not None:
+            channel.basic_cancel(tag)
+        self._consumer_tag = None
+
+    # ---- shutdown ------------------------------------------------------------------------------
+
+    def _close_when_flushed(self, timeout: float, waited: float = 0.0) -> None:
+        if (self._unconfirmed or self._outbox) and waited < timeout and self._connection is not None:
+            self._ioloop.call_later(0.05, lambda: self._close_when_flushed(timeout, waited + 0.05))
+            return
+        if self._unconfirmed or self._outbox:
+            log.warning("closing with publishes the broker has not confirmed",
+                        extra={"unconfirmed": len(self._unconfirmed), "outbox": len(self._outbox)})
+        self._stopping = True
+        if self._connection is not None and self._connection.is_open:
+            self._connection.close()
+        elif self._connection is None:
+            self._ioloop.stop()
+
+
+def _where(parameters: pika.ConnectionParameters) -> str:
+    return f"{parameters.host}:{parameters.port}{parameters.virtual_host and '/' + parameters.virtual_host}"
+
+
+def connection_parameters(url: str, *, heartbeat: int, ca_file: str | None = None,
+                          cert_file: str | None = None, key_file: str | None = None,
+                          name: str = "storage-worker") -> pika.URLParameters:
+    parameters = pika.URLParameters(url)
+    parameters.heartbeat = heartbeat
+    parameters.blocked_connection_timeout = 300
+    parameters.client_properties = {"connection_name": name}
+    if url.startswith("amqps://"):
+        context = ssl.create_default_context(cafile=ca_file)
+        if cert_file:
+            context.load_cert_chain(cert_file, key_file)
+        parameters.ssl_options = pika.SSLOptions(context, server_hostname=parameters.host)
+    return parameters

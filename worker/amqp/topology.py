@@ -1,0 +1,55 @@
+"""What the worker declares on the broker (CONTRACT §1), as data, applied idempotently at every
+(re)connect. The names come from `messages.topology`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from messages.topology import Topology
+
+
+@dataclass(frozen=True)
+class Declaration:
+    kind: Literal["exchange", "queue", "bind"]
+    name: str
+    exchange_type: str = ""
+    arguments: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+    routing_key: str = ""
+
+    def apply(self, channel: Any, callback: Callable[[Any], None]) -> None:
+        if self.kind == "exchange":
+            channel.exchange_declare(self.name, exchange_type=self.exchange_type, durable=True, callback=callback)
+        elif self.kind == "queue":
+            channel.queue_declare(self.name, durable=True, arguments=self.arguments or None, callback=callback)
+        else:
+            channel.queue_bind(self.name, self.source, routing_key=self.routing_key, callback=callback)
+
+
+def command_queue_arguments(topology: Topology, queue_type: str, delivery_limit: int,
+                            single_active_consumer: bool) -> dict[str, Any]:
+    arguments: dict[str, Any] = {"x-queue-type": queue_type,
+                                 "x-dead-letter-exchange": topology.dead_letter_exchange}
+    if queue_type == "quorum":
+        arguments["x-delivery-limit"] = delivery_limit
+    if single_active_consumer:
+        arguments["x-single-active-consumer"] = True
+    return arguments
+
+
+def declarations(topology: Topology, *, queue_type: str = "quorum", delivery_limit: int = 5,
+                 single_active_consumer: bool = True) -> list[Declaration]:
+    queue = topology.command_queue
+    return [
+        Declaration("exchange", topology.commands_exchange, "direct"),
+        Declaration("exchange", topology.results_exchange, "topic"),
+        Declaration("exchange", topology.events_exchange, "topic"),
+        Declaration("exchange", topology.dead_letter_exchange, "topic"),
+        Declaration("queue", topology.dead_letter_queue, arguments={"x-queue-type": queue_type}),
+        Declaration("bind", topology.dead_letter_queue, source=topology.dead_letter_exchange, routing_key="#"),
+        Declaration("queue", queue, arguments=command_queue_arguments(
+            topology, queue_type, delivery_limit, single_active_consumer)),
+        Declaration("bind", queue, source=topology.commands_exchange, routing_key=topology.command_routing_key),
+    ]

@@ -1,0 +1,128 @@
+"""The worker process: wires settings, libvirt, the journal, the executor and the AMQP link, and
+runs until a signal asks it to stop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from typing import Any
+
+from messages.events import EventType, WorkerEventData
+from worker import __version__
+from worker.amqp.link import AmqpLink, TopologyError, connection_parameters
+from worker.amqp.topology import declarations
+from worker.config import Settings
+from worker.events import EventPublisher
+from worker.execution import Runner
+from worker.journal import Journal
+from worker.scheduler import Scheduler
+from worker.service import CommandService
+from worker.virt.gateway import LibvirtGateway
+
+log = logging.getLogger(__name__)
+
+JOURNAL_FILE = "journal.sqlite3"
+
+
+class Worker:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        topology = settings.topology
+        self.topology = topology
+        self._fatal: Exception | None = None
+        self._stopped = threading.Event()
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(settings.state_dir / JOURNAL_FILE)
+        self.gateway = LibvirtGateway(settings.libvirt_uri)
+        self.scheduler = Scheduler(settings.concurrency)
+        parameters = connection_parameters(
+            settings.amqp_url.get_secret_value(), heartbeat=settings.amqp_heartbeat,
+            ca_file=_str(settings.amqp_ca_file), cert_file=_str(settings.amqp_cert_file),
+            key_file=_str(settings.amqp_key_file), name=f"storage-worker {settings.host_id}")
+        self.link = AmqpLink(
+            parameters,
+            declarations(topology, queue_type=settings.queue_type, delivery_limit=settings.delivery_limit,
+                         single_active_consumer=settings.single_active_consumer),
+            queue=topology.command_queue, prefetch=settings.prefetch, on_delivery=self._on_delivery,
+            on_fatal=self._on_fatal)
+        self.events = EventPublisher(self.link, topology)
+        self.service = CommandService(topology=topology, link=self.link, journal=self.journal,
+                                      scheduler=self.scheduler, runner=Runner(settings, self.gateway, self.events))
+
+    def _on_delivery(self, delivery: Any) -> None:
+        self.service.on_delivery(delivery)
+
+    def _on_fatal(self, error: Exception) -> None:
+        self._fatal = error
+        self._stopped.set()
+
+    def _worker_event(self, event_type: EventType, reason: str | None = None) -> None:
+        self.events.emit(event_type, WorkerEventData(host_id=self.settings.host_id, hostname=socket.gethostname(),
+                                                     worker_version=__version__,
+                                                     libvirt_uri=self.settings.libvirt_uri, reason=reason),
+                         subject=f"workers/{self.settings.host_id}")
+
+    def start(self, ready_timeout: float = 30.0) -> None:
+        """Start every thread; returns once the worker consumes commands."""
+        self.scheduler.start()
+        self.service.start()
+        self.link.start()
+        if not self.link.wait_ready(ready_timeout):
+            if self._fatal is not None:
+                raise self._fatal
+            raise TimeoutError(f"the broker did not become ready within {ready_timeout} s")
+        if self._fatal is not None:
+            raise self._fatal
+        self._worker_event(EventType.worker_online)
+        log.info("worker online", extra={"host_id": self.settings.host_id, "queue": self.topology.command_queue,
+                                         "concurrency": self.settings.concurrency})
+
+    def stop(self, grace: float | None = None) -> None:
+        """Drain: stop consuming, requeue unstarted commands, let running ones finish within the
+        grace period and publish their results, then close."""
+        grace = self.settings.shutdown_grace if grace is None else grace
+        self.link.stop_consuming()
+        requeued = self.service.requeue_unstarted()
+        finished = self.scheduler.wait_idle(grace)
+        if not finished:
+            log.warning("operations still running after the grace period", extra={"grace_s": grace})
+        self._worker_event(EventType.worker_offline, "stopped" if finished else "grace period exceeded")
+        self.service.stop_intake()
+        self.link.close(timeout=10)
+        self.gateway.close()
+        self.journal.close()
+        log.info("worker stopped", extra={"requeued": requeued})
+        self._stopped.set()
+
+    def run_until_signalled(self) -> int:
+        """Run until SIGTERM/SIGINT; a second signal exits at once."""
+        received: list[int] = []
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            if received:
+                log.warning("second signal: exiting now")
+                os._exit(1)
+            received.append(signum)
+            log.info("signal received: draining", extra={"signal": signal.Signals(signum).name})
+            threading.Thread(target=self.stop, name="drain", daemon=True).start()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        try:
+            self.start()
+        except TopologyError as error:
+            log.error(str(error))
+            return 2
+        while not self._stopped.wait(1.0):
+            pass
+        if self._fatal is not None:
+            log.error("stopping after a fatal error", extra={"error": str(self._fatal)})
+            return 2
+        return 0
+
+
+def _str(value: object) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,123 @@
+"""The operator interface (CONTRACT §7): storage-worker run | call | schema."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from messages.sizes import SIZE_FIELDS, parse_size
+
+
+def _settings_flags(ns: argparse.Namespace) -> dict[str, Any]:
+    return {"host_id": getattr(ns, "host_id", None), "amqp_url": getattr(ns, "amqp_url", None),
+            "libvirt_uri": getattr(ns, "libvirt_uri", None), "prefix": getattr(ns, "prefix", None)}
+
+
+def _load(ns: argparse.Namespace):
+    from worker.config import load_settings
+
+    return load_settings(_settings_flags(ns), getattr(ns, "config", None))
+
+
+def _value(key: str, text: str) -> Any:
+    if key.rsplit(".", 1)[-1] in SIZE_FIELDS:
+        return parse_size(text)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_pairs(pairs: list[str], base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """key=value pairs into args; dotted keys nest (target.path=/x), values are JSON where they parse
+    (true, 3, {"a": 1}) and text otherwise; size fields accept 10G, 512M."""
+    args: dict[str, Any] = dict(base or {})
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"argument {pair!r} is not key=value")
+        node = args
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"argument {pair!r}: {part!r} is already set to a value")
+        node[leaf] = _value(key, text)
+    return args
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    from worker.app import Worker
+    from worker.logs import configure
+
+    settings = _load(ns)
+    configure(settings.log_format, settings.log_level)
+    return Worker(settings).run_until_signalled()
+
+
+def cmd_call(ns: argparse.Namespace) -> int:
+    from messages.client import CallTimeout, NoWorker, StorageClient
+
+    settings = _load(ns)
+    try:
+        base = json.loads(ns.args) if ns.args else {}
+        args = parse_pairs(ns.pairs, base)
+    except (ValueError, json.JSONDecodeError) as error:
+        print(f"storage-worker call: {error}", file=sys.stderr)
+        return 1
+    try:
+        with StorageClient(settings.amqp_url.get_secret_value(), host_id=settings.host_id,
+                           prefix=settings.prefix) as client:
+            result = client.call(ns.op, args, command_id=ns.id, timeout=ns.timeout)
+    except (CallTimeout, NoWorker) as error:
+        print(f"storage-worker call: {error}", file=sys.stderr)
+        return 1
+    print(result.model_dump_json(indent=2))
+    return 0 if result.status.value == "succeeded" else 1
+
+
+def cmd_schema(ns: argparse.Namespace) -> int:
+    from messages.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="storage-worker", description="libvirt storage worker")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host-id", help="host id: routing key and queue suffix (default: short hostname)")
+        p.add_argument("--amqp-url", help="broker URL (default amqp://guest:guest@localhost:5672/%%2F)")
+        p.add_argument("--prefix", help="prefix of every exchange and queue name (default storage)")
+        p.add_argument("--config", help="TOML settings file")
+
+    run = sub.add_parser("run", help="run the worker in the foreground")
+    common(run)
+    run.add_argument("--libvirt-uri", help="libvirt URI (default qemu:///system)")
+    run.set_defaults(func=cmd_run)
+
+    call = sub.add_parser("call", help="send one command, print its result as JSON")
+    common(call)
+    call.add_argument("op", help="operation, e.g. volume.create")
+    call.add_argument("pairs", nargs="*", metavar="key=value", help="arguments; sizes accept 10G, 512M")
+    call.add_argument("--args", help="arguments as a JSON object (key=value pairs are merged over it)")
+    call.add_argument("--id", help="command id (default: a new UUID)")
+    call.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the result")
+    call.set_defaults(func=cmd_call)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of the contract")
+    schema.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    return ns.func(ns)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

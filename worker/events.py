@@ -1,0 +1,44 @@
+"""Publishing CloudEvents (CONTRACT §5) to the events exchange.
+
+The sequence number is taken and the publish handed to the I/O thread under one lock; the I/O
+thread runs handed-over work in order, so sequence order is publish order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import uuid
+from datetime import datetime, timezone
+
+from pika.spec import BasicProperties
+from pydantic import BaseModel
+
+from messages.events import CONTENT_TYPE, CloudEvent, EventType
+from messages.topology import Topology
+from worker.amqp.link import AmqpLink, Outgoing
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class EventPublisher:
+    def __init__(self, link: AmqpLink, topology: Topology):
+        self._link = link
+        self._topology = topology
+        self._source = f"/storage-worker/{topology.host}"
+        self._sequence = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def emit(self, event_type: EventType, data: BaseModel, *, subject: str | None = None,
+             command_id: str | None = None) -> CloudEvent:
+        with self._lock:
+            event = CloudEvent(id=str(uuid.uuid4()), source=self._source, type=event_type, subject=subject,
+                               time=utcnow(), host=self._topology.host, sequence=str(next(self._sequence)),
+                               commandid=command_id, data=data.model_dump(mode="json"))
+            body = event.model_dump_json(exclude_none=True).encode()
+            properties = BasicProperties(content_type=CONTENT_TYPE, delivery_mode=2, message_id=event.id,
+                                         type=event_type.value, app_id="storage-worker")
+            self._link.publish(Outgoing(self._topology.events_exchange, event.routing_key(), body, properties))
+        return event

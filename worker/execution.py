@@ -1,0 +1,75 @@
+"""Runs one command's handler under the retry policy and turns the outcome into a Result."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime
+
+from messages.command import Command
+from messages.results import ErrorCode, ErrorInfo, Result, Status
+from worker.config import Settings
+from worker.errors import OperationError
+from worker.events import EventPublisher, utcnow
+from worker.handlers import HANDLERS
+from worker.handlers.context import Context
+from worker.retry import RetryPolicy
+from worker.virt.gateway import LibvirtGateway
+
+log = logging.getLogger(__name__)
+
+
+def make_result(*, command_id: str | None, op: str | None, host: str, status: Status,
+                received_at: datetime, started_at: datetime | None = None, payload: dict | None = None,
+                error: ErrorInfo | None = None, attempts: int = 0) -> Result:
+    return Result(id=command_id, op=op, host=host, status=status, result=payload, error=error,
+                  attempts=attempts, received_at=received_at, started_at=started_at, finished_at=utcnow())
+
+
+def error_result(command_id: str | None, op: str | None, host: str, status: Status, code: ErrorCode,
+                 message: str, received_at: datetime, started_at: datetime | None = None) -> Result:
+    return make_result(command_id=command_id, op=op, host=host, status=status, received_at=received_at,
+                       started_at=started_at, error=ErrorInfo(code=code, message=message, retryable=False))
+
+
+class Runner:
+    def __init__(self, settings: Settings, gateway: LibvirtGateway, events: EventPublisher):
+        self._settings = settings
+        self._gateway = gateway
+        self._events = events
+        self._policy = RetryPolicy(settings.retry_attempts, settings.retry_max_seconds)
+
+    def run(self, command: Command, *, received_at: datetime, started_at: datetime,
+            cancel: threading.Event) -> Result:
+        host = self._settings.host_id
+        handler = HANDLERS.get(command.op)
+        if handler is None:
+            return error_result(command.id, command.op, host, Status.failed, ErrorCode.unsupported,
+                                f"operation {command.op!r} is not supported by this worker", received_at, started_at)
+        ctx = Context(command=command, gateway=self._gateway, settings=self._settings, events=self._events,
+                      cancel=cancel)
+
+        def on_retry(error: OperationError, attempt: int) -> None:
+            log.warning("retrying after a transient error",
+                        extra={"command_id": command.id, "op": command.op, "attempt": attempt,
+                               "code": error.code.value, "error": error.message})
+
+        try:
+            payload, attempts = self._policy.run(lambda: handler(ctx, command.args),
+                                                 connection_alive=self._gateway.is_alive,
+                                                 forget_connection=self._gateway.invalidate, on_retry=on_retry)
+        except OperationError as error:
+            status = Status.cancelled if error.code == ErrorCode.cancelled else Status.failed
+            return make_result(command_id=command.id, op=command.op, host=host, status=status,
+                               received_at=received_at, started_at=started_at, error=error.info(),
+                               attempts=error.attempts or 1)
+        except Exception as error:  # a bug must end this command, never the worker
+            log.exception("handler crashed", extra={"command_id": command.id, "op": command.op})
+            return make_result(command_id=command.id, op=command.op, host=host, status=Status.failed,
+                               received_at=received_at, started_at=started_at, attempts=1,
+                               error=ErrorInfo(code=ErrorCode.internal, retryable=False,
+                                               message=f"internal error in {command.op}: "
+                                                       f"{type(error).__name__}: {error}"))
+        return make_result(command_id=command.id, op=command.op, host=host, status=Status.succeeded,
+                           received_at=received_at, started_at=started_at,
+                           payload=payload.model_dump(mode="json"), attempts=attempts)

@@ -1,0 +1,16 @@
+"""host.info"""
+
+from __future__ import annotations
+
+from messages.payloads import HostInfo
+from messages.volumes import NoArgs
+from worker import __version__
+from worker.handlers.context import Context
+from worker.virt.describe import libvirt_version, supported_pool_types
+
+
+def info(ctx: Context, _args: NoArgs) -> HostInfo:
+    conn = ctx.conn
+    return HostInfo(host_id=ctx.settings.host_id, hostname=conn.getHostname(), uri=conn.getURI(),
+                    libvirt_version=libvirt_version(conn.getLibVersion()), worker_version=__version__,
+                    pool_types=supported_pool_types(conn))

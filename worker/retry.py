@@ -1,0 +1,85 @@
+"""Retrying operations that meet transient errors (DESIGN: errors and retries).
+
+An explicit budget: at most `attempts` tries, and no new try once `max_seconds` have passed since
+the first failure (so an hour-long upload that fails at its end still gets its retries). Waits are
+jittered and exponential. A permanent error is never retried. A lost libvirt connection is
+forgotten before the next try, which opens a new one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import libvirt
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
+
+from worker.errors import OperationError
+from worker.virt.errors import classify
+
+T = TypeVar("T")
+
+
+class _Budget:
+    def __init__(self, attempts: int, max_seconds: float):
+        self.attempts = attempts
+        self.max_seconds = max_seconds
+        self.first_failure: float | None = None
+
+    def __call__(self, state: RetryCallState) -> bool:
+        now = time.monotonic()
+        if self.first_failure is None:
+            self.first_failure = now
+        return state.attempt_number >= self.attempts or now - self.first_failure >= self.max_seconds
+
+
+def _retryable(error: BaseException) -> bool:
+    return isinstance(error, OperationError) and error.retryable
+
+
+class RetryPolicy:
+    def __init__(self, attempts: int, max_seconds: float, *, min_wait: float = 0.2, max_wait: float = 10.0):
+        self.attempts = attempts
+        self.max_seconds = max_seconds
+        self.min_wait = min_wait
+        self.max_wait = max_wait
+
+    def run(self, attempt: Callable[[], T], *, connection_alive: Callable[[], bool],
+            forget_connection: Callable[[str], None],
+            on_retry: Callable[[OperationError, int], None] | None = None) -> tuple[T, int]:
+        """Call `attempt` until it succeeds or the budget is spent; returns (value, tries made).
+        A libvirtError is classified into an OperationError; the last error is re-raised with
+        its `attempts` attribute set."""
+
+        def one_try() -> T:
+            try:
+                return attempt()
+            except libvirt.libvirtError as exc:
+                raise classify(exc, connection_alive()) from None
+
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            if isinstance(error, OperationError):
+                if error.reconnect:
+                    forget_connection(error.message)
+                if on_retry is not None:
+                    on_retry(error, state.attempt_number)
+
+        retrying = Retrying(stop=_Budget(self.attempts, self.max_seconds),
+                            wait=wait_random_exponential(multiplier=self.min_wait, max=self.max_wait),
+                            retry=retry_if_exception(_retryable), before_sleep=before_sleep, reraise=True)
+        tries = 0
+
+        def counted() -> T:
+            nonlocal tries
+            tries += 1
+            return one_try()
+
+        try:
+            return retrying(counted), tries
+        except OperationError as error:
+            error.attempts = tries
+            if error.reconnect:
+                forget_connection(error.message)
+            raise

@@ -1,0 +1,156 @@
+"""The executor: a bounded pool of threads that runs jobs as soon as their resource claims allow.
+
+A job waiting for a lock does not hold a thread: jobs wait in one FIFO and a free thread takes the
+first whose claims can be granted. Fairness is per resource: a job never overtakes an earlier
+waiting job it conflicts with, so operations on one volume run in arrival order and a pool-wide
+operation is not starved by a stream of volume operations.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from worker.claims import Claim, Key, Mode, conflicts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Job:
+    id: str
+    claims: tuple[Claim, ...]
+    run: Callable[["Job"], None]
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+    started: bool = False
+
+
+class _Holders:
+    """Who holds a resource now: a count of shared holders, or one exclusive holder."""
+
+    __slots__ = ("shared", "exclusive")
+
+    def __init__(self) -> None:
+        self.shared = 0
+        self.exclusive = False
+
+    def grants(self, mode: Mode) -> bool:
+        if self.exclusive:
+            return False
+        return mode == Mode.shared or self.shared == 0
+
+
+class Scheduler:
+    def __init__(self, threads: int, name: str = "executor"):
+        self._threads = [threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True) for i in range(threads)]
+        self._cond = threading.Condition()
+        self._waiting: list[Job] = []
+        self._running: dict[str, Job] = {}
+        self._held: dict[Key, _Holders] = {}
+        self._accepting = True
+        self._stopping = False
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, job: Job) -> bool:
+        """Queue a job; False when the scheduler no longer accepts work."""
+        with self._cond:
+            if not self._accepting:
+                return False
+            self._waiting.append(job)
+            self._cond.notify()
+        return True
+
+    def find(self, job_id: str) -> Job | None:
+        """A job that is waiting or running, by id."""
+        with self._cond:
+            if job_id in self._running:
+                return self._running[job_id]
+            return next((job for job in self._waiting if job.id == job_id), None)
+
+    def withdraw(self, job_id: str) -> Job | None:
+        """Take a job that has not started out of the queue; None if it is not waiting."""
+        with self._cond:
+            for index, job in enumerate(self._waiting):
+                if job.id == job_id:
+                    del self._waiting[index]
+                    self._cond.notify_all()
+                    return job
+        return None
+
+    def counts(self) -> tuple[int, int]:
+        with self._cond:
+            return len(self._waiting), len(self._running)
+
+    def drain(self) -> list[Job]:
+        """Stop accepting and starting jobs; return the ones that never started."""
+        with self._cond:
+            self._accepting = False
+            self._stopping = True
+            unstarted, self._waiting = self._waiting, []
+            self._cond.notify_all()
+        return unstarted
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        """Wait until no job runs; True if that happened within the timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._running, timeout)
+
+    # ---- executor threads ---------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                job = self._cond.wait_for(lambda: self._stopping or self._take_runnable())
+                if not isinstance(job, Job):
+                    return
+            try:
+                job.run(job)
+            except BaseException:  # a job must never take its thread down with it
+                log.exception("job crashed", extra={"command_id": job.id})
+            finally:
+                with self._cond:
+                    self._release(job)
+                    self._cond.notify_all()
+
+    def _take_runnable(self) -> Job | None:
+        """Under the lock: remove and return the first job whose claims can be granted."""
+        blocked: dict[Key, Mode] = {}
+        for index, job in enumerate(self._waiting):
+            if all(self._grantable(key, mode, blocked) for key, mode in job.claims):
+                del self._waiting[index]
+                for key, mode in job.claims:
+                    holders = self._held.setdefault(key, _Holders())
+                    if mode == Mode.exclusive:
+                        holders.exclusive = True
+                    else:
+                        holders.shared += 1
+                job.started = True
+                self._running[job.id] = job
+                return job
+            for key, mode in job.claims:
+                if blocked.get(key) != Mode.exclusive:
+                    blocked[key] = mode
+        return None
+
+    def _grantable(self, key: Key, mode: Mode, blocked: dict[Key, Mode]) -> bool:
+        earlier = blocked.get(key)
+        if earlier is not None and conflicts(earlier, mode):
+            return False
+        holders = self._held.get(key)
+        return holders is None or holders.grants(mode)
+
+    def _release(self, job: Job) -> None:
+        self._running.pop(job.id, None)
+        for key, mode in job.claims:
+            holders = self._held[key]
+            if mode == Mode.exclusive:
+                holders.exclusive = False
+            else:
+                holders.shared -= 1
+            if not holders.exclusive and holders.shared == 0:
+                del self._held[key]
