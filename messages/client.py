@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import pika
-from pika.exceptions import UnroutableError
+from pika.exceptions import ChannelClosedByBroker, UnroutableError
 
 from messages.command import encode
 from messages.results import Result
@@ -69,6 +69,11 @@ class StorageClient:
             self._channel.basic_publish(self.topology.commands_exchange, self.topology.command_routing_key,
                                         body if body is not None else encode(command_id, op, args, deadline),
                                         properties, mandatory=True)
+        except ChannelClosedByBroker as error:
+            if error.reply_code != 404:
+                raise
+            raise NoWorker(f"exchange {self.topology.commands_exchange!r} does not exist: no worker with prefix "
+                           f"{self.topology.prefix!r} has started on this broker") from None
         except UnroutableError:
             raise NoWorker(f"no worker queue is bound for host {self.topology.host!r} on exchange "
                            f"{self.topology.commands_exchange!r}; is a worker with that host id running?") from None

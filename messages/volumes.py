@@ -39,14 +39,14 @@ class VolumeCreateArgs(Strict):
     pool: ResourceName
     name: ResourceName
     capacity: PositiveSize
-    allocation: Size | None = None
+    allocation: Size = Field(0, description="Bytes allocated up front; default 0 (sparse), as virsh vol-create-as")
     format: VolumeFormat | None = Field(None, description="Default: raw for file-based pools")
     prealloc_metadata: StrictBool = False
     backing: VolumeRef | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "VolumeCreateArgs":
-        if self.allocation is not None and self.allocation > self.capacity:
+        if self.allocation > self.capacity:
             raise ValueError(f"allocation {self.allocation} is larger than capacity {self.capacity}")
         if self.backing is not None and self.format not in BACKING_FORMATS:
             raise ValueError(f"a backing volume needs a format that supports one "

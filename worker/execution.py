@@ -18,6 +18,10 @@ from worker.virt.gateway import LibvirtGateway
 
 log = logging.getLogger(__name__)
 
+# A policy refusal (a path outside ALLOWED_ROOTS...) is found before anything is done: rejected,
+# like bad input. Everything else a handler raises happened while executing: failed.
+_STATUS_OF = {ErrorCode.forbidden: Status.rejected, ErrorCode.cancelled: Status.cancelled}
+
 
 def make_result(*, command_id: str | None, op: str | None, host: str, status: Status,
                 received_at: datetime, started_at: datetime | None = None, payload: dict | None = None,
@@ -59,7 +63,7 @@ class Runner:
                                                  connection_alive=self._gateway.is_alive,
                                                  forget_connection=self._gateway.invalidate, on_retry=on_retry)
         except OperationError as error:
-            status = Status.cancelled if error.code == ErrorCode.cancelled else Status.failed
+            status = _STATUS_OF.get(error.code, Status.failed)
             return make_result(command_id=command.id, op=command.op, host=host, status=status,
                                received_at=received_at, started_at=started_at, error=error.info(),
                                attempts=error.attempts or 1)

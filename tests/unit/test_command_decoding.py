@@ -299,7 +299,7 @@ def test_fingerprint_same_for_defaults_spelled_out_or_omitted():
     short = decode(command("volume.create", {"pool": "p", "name": "v", "capacity": 1}))
     spelled = decode(command("volume.create", {"pool": "p", "name": "v", "capacity": 1,
                                                "prealloc_metadata": False, "backing": None,
-                                               "allocation": None, "format": None}))
+                                               "format": None}))
     assert short.fingerprint == spelled.fingerprint
 
 
@@ -322,7 +322,8 @@ def test_fingerprint_same_for_equivalent_modes():
     {"name": "w"},
     {"pool": "q"},
     {"format": "qcow2"},
-    {"allocation": 0},
+    {"allocation": 1},
+    {"prealloc_metadata": True, "format": "qcow2"},
 ])
 def test_fingerprint_differs_when_args_differ(change):
     base = {"pool": "p", "name": "v", "capacity": 1}

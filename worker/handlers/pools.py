@@ -12,11 +12,11 @@ from messages.objects import PoolObject
 from messages.payloads import PoolChange, PoolList, PoolUndefined
 from messages.pools import (PoolAutostartArgs, PoolBuildArgs, PoolDefineArgs, PoolListArgs, PoolNameArgs,
                             PoolStartArgs)
-from worker.errors import conflict, invalid
+from worker.errors import conflict, invalid, unsupported
 from worker.handlers.context import Context
 from worker.paths import check_pool_target
 from worker.virt import pool_xml
-from worker.virt.describe import pool_object, pool_type
+from worker.virt.describe import pool_object, pool_type, supported_pool_types
 
 _BUILD_FLAGS = {None: 0, True: libvirt.VIR_STORAGE_POOL_BUILD_OVERWRITE,
                 False: libvirt.VIR_STORAGE_POOL_BUILD_NO_OVERWRITE}
@@ -30,6 +30,10 @@ def _change(ctx: Context, pool: libvirt.virStoragePool) -> PoolChange:
 
 def define(ctx: Context, a: PoolDefineArgs) -> PoolChange:
     check_pool_target(a, ctx.settings.allowed_roots)
+    supported = supported_pool_types(ctx.conn)
+    if a.type not in supported:
+        raise unsupported(f"libvirt on host {ctx.settings.host_id} has no backend for {a.type} pools "
+                          f"(supported: {', '.join(supported)})")
     pool = ctx.find_pool(a.name)
     if pool is not None:
         wanted = a.model_dump(mode="json", exclude_none=True, exclude_defaults=True,

@@ -41,8 +41,11 @@ def _source(root: etree._Element, source: PoolSource) -> None:
         child(element, "dir", path=source.dir)
     if source.adapter is not None:
         a = source.adapter
-        child(element, "adapter", type=a.type, name=a.name, parent=a.parent, wwnn=a.wwnn, wwpn=a.wwpn,
-              managed=a.managed)
+        # Not through child(): its first parameter is named "parent", like the adapter attribute.
+        managed = None if a.managed is None else ("yes" if a.managed else "no")
+        attributes = {"type": a.type, "name": a.name, "parent": a.parent, "wwnn": a.wwnn, "wwpn": a.wwpn,
+                      "managed": managed}
+        etree.SubElement(element, "adapter", {k: v for k, v in attributes.items() if v is not None})
     if source.name is not None:
         child(element, "name", source.name)
     if source.format is not None:

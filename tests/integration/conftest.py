@@ -1,0 +1,255 @@
+"""A real worker on the real broker and the real libvirtd, isolated per test.
+
+Each worker gets its own exchange prefix and host id (so tests never see each other's messages), a
+temporary state dir, and ALLOWED_ROOTS limited to the test's temporary directory. Pools and volumes a
+test makes are named with its prefix and removed afterwards, broker objects too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pika
+import pytest
+
+from messages.client import StorageClient
+from messages.results import Result
+from tests.conftest import AMQP_URL, LIBVIRT_URI, require, unique
+from worker.app import Worker
+from worker.config import Settings
+
+
+
+@pytest.fixture(scope="session")
+def broker_ok() -> None:
+    try:
+        pika.BlockingConnection(pika.URLParameters(AMQP_URL)).close()
+    except pika.exceptions.AMQPError as exc:
+        require(False, f"RabbitMQ is not reachable at {AMQP_URL}: {exc!r}")
+
+
+def delete_broker_objects(settings: Settings) -> None:
+    topology = settings.topology
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        channel = connection.channel()
+        for queue in (topology.command_queue, topology.dead_letter_queue):
+            channel.queue_delete(queue)
+        for exchange in (topology.commands_exchange, topology.results_exchange, topology.events_exchange,
+                         topology.dead_letter_exchange):
+            channel.exchange_delete(exchange)
+    finally:
+        connection.close()
+
+
+def remove_pools(conn: libvirt.virConnect, prefix: str) -> None:
+    """Destroy and undefine every pool (and its volumes) whose name starts with `prefix`."""
+    for pool in conn.listAllStoragePools(0):
+        if not pool.name().startswith(prefix):
+            continue
+        try:
+            if not pool.isActive():
+                pool.create(0)
+            pool.refresh(0)
+            for volume in pool.listAllVolumes(0):
+                volume.delete(0)
+        except libvirt.libvirtError:
+            pass
+        try:
+            if pool.isActive():
+                pool.destroy()
+        except libvirt.libvirtError:
+            pass
+        try:
+            pool.undefine()
+        except libvirt.libvirtError:
+            pass
+
+
+@dataclass
+class Harness:
+    """A running worker plus what a test needs to drive it."""
+
+    worker: Worker
+    settings: Settings
+    root: Path
+    name_prefix: str
+    clients: list[StorageClient] = field(default_factory=list)
+
+    @property
+    def host(self) -> str:
+        return self.settings.host_id
+
+    def client(self) -> StorageClient:
+        client = StorageClient(AMQP_URL, host_id=self.settings.host_id, prefix=self.settings.prefix)
+        self.clients.append(client)
+        return client
+
+    def name(self, what: str = "") -> str:
+        return f"{self.name_prefix}{what}{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def make_worker(broker_ok, libvirt_conn, tmp_path) -> Iterator[Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def make(**overrides: Any) -> Harness:
+        tag = unique("t")
+        root = tmp_path / "roots" / tag
+        root.mkdir(parents=True)
+        values = {"host_id": tag, "prefix": f"test-{tag}", "amqp_url": AMQP_URL, "libvirt_uri": LIBVIRT_URI,
+                  "state_dir": tmp_path / "state" / tag, "allowed_roots": [str(root)], "concurrency": 4,
+                  "metrics_port": 0, "retry_max_seconds": 10.0, **overrides}
+        settings = Settings(**values)
+        worker = Worker(settings)
+        harness = Harness(worker=worker, settings=settings, root=root, name_prefix=f"{tag}-")
+        made.append(harness)
+        worker.start()
+        return harness
+
+    yield make
+    for harness in made:
+        for client in harness.clients:
+            try:
+                client.close()
+            except pika.exceptions.AMQPError:
+                pass
+        try:
+            harness.worker.stop(grace=10)
+        finally:
+            remove_pools(libvirt_conn, harness.name_prefix)
+            delete_broker_objects(harness.settings)
+
+
+@pytest.fixture
+def harness(make_worker) -> Harness:
+    return make_worker()
+
+
+@pytest.fixture
+def client(harness) -> StorageClient:
+    return harness.client()
+
+
+@pytest.fixture
+def pool(harness, client) -> str:
+    """A running dir pool under the test's allowed root."""
+    name = harness.name("pool")
+    result = client.call("pool.define", {"name": name, "type": "dir", "target": {"path": str(harness.root / name)},
+                                         "build": True, "start": True})
+    assert result.status.value == "succeeded", result
+    return name
+
+
+def ok(result: Result) -> dict[str, Any]:
+    """The payload of a succeeded result; fails the test with the whole result otherwise."""
+    assert result.status.value == "succeeded", json.dumps(result.model_dump(mode="json"), indent=2)
+    assert result.result is not None
+    return result.result
+
+
+def error_of(result: Result, status: str, code: str) -> str:
+    assert result.status.value == status, json.dumps(result.model_dump(mode="json"), indent=2)
+    assert result.error is not None and result.error.code.value == code, result.error
+    return result.error.message
+
+
+class Tap:
+    """A temporary queue bound to an exchange, collecting what is published there."""
+
+    def __init__(self, exchange: str, routing_key: str = "#"):
+        self._connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        self._channel = self._connection.channel()
+        self.queue = self._channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        self._channel.queue_bind(self.queue, exchange, routing_key)
+        self.messages: list[tuple[Any, Any, bytes]] = []
+
+    def drain(self, wait: float = 0.5) -> list[tuple[Any, Any, bytes]]:
+        end = time.monotonic() + wait
+        while True:
+            method, properties, body = self._channel.basic_get(self.queue, auto_ack=True)
+            if method is not None:
+                self.messages.append((method, properties, body))
+                continue
+            if time.monotonic() >= end:
+                return self.messages
+            self._connection.process_data_events(time_limit=0.05)
+
+    def bodies(self, wait: float = 0.5) -> list[dict[str, Any]]:
+        return [json.loads(body) for _, _, body in self.drain(wait)]
+
+    def close(self) -> None:
+        if self._connection.is_open:
+            self._connection.close()
+
+
+@pytest.fixture
+def tap() -> Iterator[Callable[[str, str], Tap]]:
+    taps: list[Tap] = []
+
+    def make(exchange: str, routing_key: str = "#") -> Tap:
+        t = Tap(exchange, routing_key)
+        taps.append(t)
+        return t
+
+    yield make
+    for t in taps:
+        t.close()
+
+
+def call_async(client_factory: Callable[[], StorageClient], op: str, args: dict[str, Any],
+               timeout: float = 120) -> tuple[threading.Thread, list[Result]]:
+    """Run client.call on a thread (each thread needs its own client: pika is not thread-safe)."""
+    out: list[Result] = []
+
+    def run() -> None:
+        out.append(client_factory().call(op, args, timeout=timeout))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def rabbitmqctl(*args: str) -> str:
+    import subprocess
+
+    completed = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60,
+                               env={**os.environ})
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout
+
+
+def broker_connection_pid(connection_name: str) -> str | None:
+    """The broker's pid of the connection a client named `connection_name`, if it is connected."""
+    for line in rabbitmqctl("list_connections", "pid", "client_properties").splitlines():
+        if f'"{connection_name}"' in line:
+            return line.split("\t", 1)[0]
+    return None
+
+
+def queue_depth(queue: str) -> int:
+    """Ready plus unacknowledged messages of a queue."""
+    for line in rabbitmqctl("list_queues", "name", "messages").splitlines():
+        name, _, count = line.partition("\t")
+        if name == queue:
+            return int(count)
+    raise AssertionError(f"queue {queue} does not exist")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
