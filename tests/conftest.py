@@ -28,7 +28,7 @@ def unique(prefix: str = "t") -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def libvirt_conn():
     import libvirt
 

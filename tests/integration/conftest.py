@@ -51,8 +51,17 @@ def delete_broker_objects(settings: Settings) -> None:
         connection.close()
 
 
-def remove_pools(conn: libvirt.virConnect, prefix: str) -> None:
-    """Destroy and undefine every pool (and its volumes) whose name starts with `prefix`."""
+def remove_pools(prefix: str) -> None:
+    """Destroy and undefine every pool (and its volumes) whose name starts with `prefix`.
+    Opens its own connection: a test may have restarted libvirtd."""
+    conn = libvirt.open(LIBVIRT_URI)
+    try:
+        _remove_pools(conn, prefix)
+    finally:
+        conn.close()
+
+
+def _remove_pools(conn: libvirt.virConnect, prefix: str) -> None:
     for pool in conn.listAllStoragePools(0):
         if not pool.name().startswith(prefix):
             continue
@@ -126,7 +135,7 @@ def make_worker(broker_ok, libvirt_conn, tmp_path) -> Iterator[Callable[..., Har
         try:
             harness.worker.stop(grace=10)
         finally:
-            remove_pools(libvirt_conn, harness.name_prefix)
+            remove_pools(harness.name_prefix)
             delete_broker_objects(harness.settings)
 
 
