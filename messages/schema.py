@@ -17,6 +17,13 @@ def _camel(op: str) -> str:
     return "".join(part.capitalize() for part in op.replace("-", ".").split("."))
 
 
+def _args_field(args: type[Strict]) -> tuple[Any, Any]:
+    """`args` may be left out when the operation has no required argument (decode reads it as {})."""
+    if any(field.is_required() for field in args.model_fields.values()):
+        return (args, ...)
+    return (args, Field(default_factory=args))
+
+
 def command_models() -> dict[str, type[Strict]]:
     """One typed command model per operation: {id, op: <const>, args: <op's args>, deadline?}."""
     return {
@@ -26,7 +33,7 @@ def command_models() -> dict[str, type[Strict]]:
             __doc__=operation.summary,
             id=(CommandId, ...),
             op=(Literal[name], ...),  # type: ignore[valid-type]
-            args=(operation.args, ...),
+            args=_args_field(operation.args),
             deadline=(AwareDatetime | None, None),
         )
         for name, operation in OPERATIONS.items()

@@ -31,7 +31,9 @@ class _Budget:
         now = time.monotonic()
         if self.first_failure is None:
             self.first_failure = now
-        return state.attempt_number >= self.attempts or now - self.first_failure >= self.max_seconds
+        # tenacity computes the wait before asking us: the next try would start after it.
+        next_try = now + (state.upcoming_sleep or 0.0)
+        return state.attempt_number >= self.attempts or next_try - self.first_failure >= self.max_seconds
 
 
 def _retryable(error: BaseException) -> bool:

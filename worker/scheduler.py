@@ -62,7 +62,9 @@ class Scheduler:
             if not self._accepting:
                 return False
             self._waiting.append(job)
-            self._cond.notify()
+            # notify_all: wait_idle() callers wait on the same condition, and a single wake-up
+            # given to one of them would leave the new job queued while a thread sits idle.
+            self._cond.notify_all()
         return True
 
     def find(self, job_id: str) -> Job | None:

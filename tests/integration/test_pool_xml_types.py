@@ -86,7 +86,7 @@ def validator() -> str:
     return tool
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def supported(libvirt_conn) -> set[str]:
     caps = etree.fromstring(libvirt_conn.getStoragePoolCapabilities().encode())
     types = {pool.get("type") for pool in caps.findall("pool") if pool.get("supported") == "yes"}

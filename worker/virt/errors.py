@@ -51,6 +51,11 @@ _CONNECTION_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
 
 # INTERNAL_ERROR and OPERATION_INVALID carry several distinct conditions; the message tells them apart.
 _BUSY_MESSAGES = ("has asynchronous jobs running", "is still being allocated", "is starting up")
+# Generic codes under which libvirt also says "it exists": the daemon reports a clone onto an
+# existing name as INTERNAL_ERROR "storage volume name 'x' already in use.", a duplicate pool as
+# OPERATION_FAILED "pool 'p' already exists with uuid ...", the test driver an existing volume as
+# OPERATION_FAILED "storage vol already exists".
+_EXISTS_MESSAGES = ("already exists", "exists already", "already in use", "already defined")
 _CONNECTION_MESSAGES = ("client socket is closed", "end of file while reading data",
                         "cannot recv data", "cannot write data", "broken pipe",
                         "connection reset by peer", "failed to connect socket")
@@ -74,5 +79,8 @@ def classify(error: libvirt.libvirtError, connection_alive: bool = True) -> Oper
     if info.code in (libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_ERR_OPERATION_INVALID) \
             and any(m in text for m in _BUSY_MESSAGES):
         return OperationError(E.busy, f"libvirt is busy: {info.message}", retryable=True, libvirt=info)
+    if info.code in (libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_ERR_OPERATION_FAILED) \
+            and any(m in text for m in _EXISTS_MESSAGES):
+        return OperationError(E.conflict, f"libvirt: {info.message}", libvirt=info)
     code, retryable = _BY_CODE.get(info.code, (E.internal, False))
     return OperationError(code, f"libvirt: {info.message}", retryable=retryable, libvirt=info)

@@ -1,0 +1,122 @@
+"""worker.journal.Journal: the durable record of command ids, states and terminal results."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from messages.results import Result
+from worker.journal import Journal, State
+
+
+def result(command_id: str, status: str = "succeeded", op: str | None = "volume.create") -> Result:
+    now = datetime(2026, 11, 26, 10, 0, 0, 123000, tzinfo=timezone.utc).isoformat()
+    return Result.model_validate({
+        "id": command_id, "op": op, "host": "kvm-01", "status": status,
+        "result": {"pool": "images", "name": "vm1", "changed": True} if status == "succeeded" else None,
+        "error": None if status == "succeeded" else
+        {"code": "invalid", "message": "capacity must be positive", "retryable": False, "libvirt": None},
+        "attempts": 1, "duplicate": False, "received_at": now, "started_at": now, "finished_at": now,
+    })
+
+
+@pytest.fixture
+def journal():
+    j = Journal(":memory:")
+    yield j
+    j.close()
+
+
+def test_receive_records_a_new_id_once(journal):
+    assert journal.receive("c1", "fp1", "volume.create") is True
+    assert journal.receive("c1", "fp-other", "volume.delete") is False
+    entry = journal.get("c1")
+    assert (entry.state, entry.fingerprint, entry.op) == (State.received, "fp1", "volume.create")
+    assert entry.result is None and entry.published is False
+
+
+def test_unknown_id_has_no_entry(journal):
+    assert journal.get("never") is None
+
+
+def test_a_command_moves_received_running_finished_published(journal):
+    journal.receive("c1", "fp1", "volume.create")
+    journal.start("c1")
+    assert journal.get("c1").state == State.running
+    journal.finish("c1", "fp1", result("c1"))
+    entry = journal.get("c1")
+    assert entry.state == State.finished and entry.published is False
+    assert entry.result == result("c1")  # the stored result reads back equal, timestamps included
+    journal.mark_published("c1")
+    assert journal.get("c1").published is True
+
+
+def test_finish_inserts_a_row_for_an_id_never_received(journal):
+    rejected = result("bad-1", status="rejected", op=None)
+    journal.finish("bad-1", "fp-bad", rejected)
+    entry = journal.get("bad-1")
+    assert entry.state == State.finished
+    assert entry.fingerprint == "fp-bad" and entry.op is None
+    assert entry.result.status.value == "rejected" and entry.result.error.code.value == "invalid"
+    assert journal.receive("bad-1", "fp-bad", None) is False  # a re-send is now a known id
+
+
+def test_finish_keeps_the_original_fingerprint(journal):
+    journal.receive("c1", "fp1", "volume.create")
+    journal.finish("c1", "fp-later", result("c1"))
+    assert journal.get("c1").fingerprint == "fp1"
+
+
+def test_prune_removes_only_old_finished_published_rows(journal, monkeypatch):
+    clock = [1_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    journal.receive("old-published", "f", "volume.create")
+    journal.finish("old-published", "f", result("old-published"))
+    journal.mark_published("old-published")
+    journal.finish("old-unpublished", "f", result("old-unpublished"))
+    journal.receive("old-running", "f", "volume.create")
+    journal.start("old-running")
+    journal.receive("old-received", "f", "volume.create")
+    clock[0] += 3600
+    journal.finish("new-published", "f", result("new-published"))
+    journal.mark_published("new-published")
+    clock[0] += 10
+
+    assert journal.prune(older_than_seconds=60) == 1
+    assert journal.get("old-published") is None
+    for kept in ("old-unpublished", "old-running", "old-received", "new-published"):
+        assert journal.get(kept) is not None, kept
+    assert journal.prune(older_than_seconds=60) == 0
+    assert journal.prune(older_than_seconds=0) == 1  # new-published is 10 s old now
+    assert journal.get("new-published") is None
+
+
+def test_the_journal_survives_closing_and_reopening(tmp_path):
+    path = tmp_path / "state" / "journal.sqlite"  # the directory is created
+    first = Journal(path)
+    first.receive("running-1", "fp1", "volume.upload")
+    first.start("running-1")
+    first.receive("done-1", "fp2", "volume.create")
+    first.finish("done-1", "fp2", result("done-1"))
+    first.mark_published("done-1")
+    first.close()
+
+    again = Journal(path)
+    try:
+        assert again.get("running-1").state == State.running
+        done = again.get("done-1")
+        assert done.state == State.finished and done.published and done.result.id == "done-1"
+        assert again.receive("done-1", "fp2", "volume.create") is False
+    finally:
+        again.close()
+
+
+def test_a_file_journal_uses_write_ahead_logging(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "journal.sqlite"
+    Journal(path).close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
