@@ -42,6 +42,7 @@ class StorageClient:
         self._channel = self._connection.channel()
         self._channel.confirm_delivery()
         self._replies: dict[str, Result] = {}
+        self._awaited: set[str] = set()
         self._channel.basic_consume(DIRECT_REPLY_TO, self._on_reply, auto_ack=True)
 
     def __enter__(self) -> "StorageClient":
@@ -55,7 +56,10 @@ class StorageClient:
             self._connection.close()
 
     def _on_reply(self, _channel: Any, _method: Any, properties: pika.BasicProperties, body: bytes) -> None:
-        self._replies[properties.correlation_id] = Result.model_validate_json(body)
+        # The first answer counts; a later duplicate of it (a redelivered command) is dropped.
+        correlation_id = properties.correlation_id
+        if correlation_id in self._awaited and correlation_id not in self._replies:
+            self._replies[correlation_id] = Result.model_validate_json(body)
 
     def submit(self, op: str, args: dict[str, Any] | None = None, *, command_id: str | None = None,
                deadline: datetime | None = None, reply_to: str | None = None,
@@ -83,15 +87,20 @@ class StorageClient:
              deadline: datetime | None = None, timeout: float = 60.0) -> Result:
         """Send a command and wait for its result; raises CallTimeout after `timeout` seconds."""
         correlation_id = str(uuid.uuid4())
+        self._awaited.add(correlation_id)
         command_id = self.submit(op, args, command_id=command_id, deadline=deadline, reply_to=DIRECT_REPLY_TO,
                                  correlation_id=correlation_id)
         return self.wait(correlation_id, timeout, what=f"{op} {command_id}")
 
     def wait(self, correlation_id: str, timeout: float, what: str = "the command") -> Result:
+        self._awaited.add(correlation_id)
         end = time.monotonic() + timeout
-        while correlation_id not in self._replies:
-            left = end - time.monotonic()
-            if left <= 0:
-                raise CallTimeout(f"no result for {what} within {timeout} s")
-            self._connection.process_data_events(time_limit=min(left, 0.5))
-        return self._replies.pop(correlation_id)
+        try:
+            while correlation_id not in self._replies:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise CallTimeout(f"no result for {what} within {timeout} s")
+                self._connection.process_data_events(time_limit=min(left, 0.5))
+            return self._replies.pop(correlation_id)
+        finally:
+            self._awaited.discard(correlation_id)
