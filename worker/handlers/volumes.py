@@ -1,7 +1,9 @@
-"""Volume lifecycle: create, delete, info, list.
+"""Volume operations: create, clone, resize, wipe, delete, info, list.
 
-create converges: an existing volume with the same capacity, format and backing succeeds with
-changed=false; one that differs fails with conflict, naming each difference.
+create and clone converge: an existing volume with the same capacity, format (and backing) succeeds
+with changed=false; one that differs fails with conflict, naming each difference. resize converges
+on the asked-for capacity. Clone and wipe run inside one libvirt call that reports nothing, so
+their progress is sampled from the side while it runs.
 """
 
 from __future__ import annotations
@@ -11,11 +13,20 @@ import libvirt
 from messages.events import EventType
 from messages.objects import VolumeObject
 from messages.payloads import VolumeChange, VolumeDeleted, VolumeList
-from messages.volumes import VolumeCreateArgs, VolumeDeleteArgs, VolumeListArgs, VolumeNameArgs
-from worker.errors import conflict
+from messages.volumes import (VolumeCloneArgs, VolumeCreateArgs, VolumeDeleteArgs, VolumeListArgs,
+                              VolumeNameArgs, VolumeResizeArgs, VolumeWipeArgs)
+from worker.errors import conflict, invalid
+from worker.progress import watched, write_positions
 from worker.handlers.context import Context
 from worker.virt import volume_xml
 from worker.virt.describe import pool_type, volume_object
+
+_WIPE_ALGORITHMS = {name: getattr(libvirt, f"VIR_STORAGE_VOL_WIPE_ALG_{name.upper()}")
+                    for name in ("zero", "nnsa", "dod", "bsi", "gutmann", "schneier", "pfitzner7",
+                                 "pfitzner33", "random", "trim")}
+# Passes over the whole volume each algorithm makes (scrub(1)); progress counts every pass.
+_WIPE_PASSES = {"zero": 1, "nnsa": 4, "dod": 4, "bsi": 9, "gutmann": 35, "schneier": 7, "pfitzner7": 7,
+                "pfitzner33": 33, "random": 1, "trim": 1}
 
 DEFAULT_FORMAT = "raw"
 # Pool types whose volumes are files with a format of their own; the others (logical, disk, iscsi...)
@@ -83,3 +94,92 @@ def list_(ctx: Context, a: VolumeListArgs) -> VolumeList:
     pool = ctx.active_pool(a.pool)
     volumes = sorted(pool.listAllVolumes(0), key=lambda v: v.name())
     return VolumeList(volumes=[volume_object(a.pool, v) for v in volumes])
+
+
+
+def clone(ctx: Context, a: VolumeCloneArgs) -> VolumeChange:
+    pool = ctx.active_pool(a.pool)
+    source_pool_name = a.source_pool or a.pool
+    source = ctx.volume(ctx.active_pool(source_pool_name), a.source)
+    original = volume_object(source_pool_name, source)
+    capacity = a.capacity or original.capacity
+    if capacity < original.capacity:
+        raise invalid(f"capacity {capacity} is smaller than the capacity {original.capacity} of the source "
+                      f"{source_pool_name}/{a.source}; a clone cannot shrink it")
+    fmt = a.format or original.format
+    existing = ctx.find_volume(pool, a.name)
+    if existing is not None:
+        held = volume_object(a.pool, existing)
+        found = [f"{what} is {have!r} on the host, the command asks for {want!r}"
+                 for what, have, want in (("capacity", held.capacity, capacity), ("format", held.format, fmt))
+                 if have != want]
+        if found:
+            raise conflict(f"volume {a.name!r} already exists in pool {a.pool!r} and differs: {'; '.join(found)}")
+        return VolumeChange(**held.model_dump(), changed=ctx.changed)
+    xml = volume_xml.build(a.name, capacity, allocation=0, format=fmt)
+    total = original.allocation or original.capacity
+
+    def copied() -> tuple[int, int] | None:
+        building = ctx.find_volume(pool, a.name)
+        return None if building is None else (min(building.info()[2], total), total)
+
+    with watched(ctx.progress, copied):
+        volume = pool.createXMLFrom(xml, source, 0)
+    ctx.changed = True
+    if volume.info()[1] < capacity:  # a format conversion (qemu-img convert) keeps the source's size
+        volume.resize(capacity, 0)
+    made = volume_object(a.pool, volume)
+    ctx.progress.update(total, total, final=True)
+    ctx.volume_event(EventType.volume_created, made)
+    return VolumeChange(**made.model_dump(), changed=True)
+
+
+def resize(ctx: Context, a: VolumeResizeArgs) -> VolumeChange:
+    pool = ctx.active_pool(a.pool)
+    volume = ctx.volume(pool, a.name)
+    current = volume_object(a.pool, volume)
+    if a.capacity != current.capacity:
+        flags = libvirt.VIR_STORAGE_VOL_RESIZE_ALLOCATE if a.allocate else 0
+        if a.capacity < current.capacity:
+            if not a.shrink:
+                raise invalid(f"capacity {a.capacity} is below the current capacity {current.capacity} of volume "
+                              f"{a.pool}/{a.name}; set shrink: true to shrink it")
+            flags |= libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK
+        volume.resize(a.capacity, flags)
+        ctx.changed = True
+        current = volume_object(a.pool, volume)
+        ctx.volume_event(EventType.volume_resized, current)
+    return VolumeChange(**current.model_dump(), changed=ctx.changed)
+
+
+def wipe(ctx: Context, a: VolumeWipeArgs) -> VolumeChange:
+    pool = ctx.active_pool(a.pool)
+    volume = ctx.volume(pool, a.name)
+    capacity = volume.info()[1]
+    total = capacity * _WIPE_PASSES[a.algorithm]
+    probe = _pass_counter(volume.path(), capacity, total) if ctx.libvirt_is_local else (lambda: None)
+    with watched(ctx.progress, probe):
+        volume.wipePattern(_WIPE_ALGORITHMS[a.algorithm], 0)
+    ctx.changed = True
+    ctx.progress.update(total, total, final=True)
+    wiped = volume_object(a.pool, volume)
+    ctx.volume_event(EventType.volume_wiped, wiped)
+    return VolumeChange(**wiped.model_dump(), changed=True)
+
+
+def _pass_counter(path: str, capacity: int, total: int):
+    """Bytes a wipe has written so far, from the file offset of whoever writes the volume (libvirtd
+    for zero, scrub for the others); each time the offset falls back, a pass has ended."""
+    state = {"passes": 0, "last": 0}
+
+    def probe() -> tuple[int, int] | None:
+        positions = write_positions(path)
+        if not positions:
+            return None
+        position = min(max(positions), capacity)
+        if position < state["last"]:
+            state["passes"] += 1
+        state["last"] = position
+        return min(state["passes"] * capacity + position, total), total
+
+    return probe

@@ -1,0 +1,100 @@
+"""Progress of long jobs (CONTRACT §5 storage.job.progress): at most about one event a second.
+
+Transfers report their own byte counts. Operations libvirt runs to the end without telling anyone
+(clone, wipe) are watched from the side: a probe is sampled once a second on a helper thread while
+the blocking libvirt call runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from messages.events import EventType, JobProgressData
+from worker.events import EventPublisher
+
+log = logging.getLogger(__name__)
+
+INTERVAL = 1.0
+
+
+class ProgressReporter:
+    def __init__(self, events: EventPublisher, command_id: str, op: str, *, interval: float = INTERVAL,
+                 clock: Callable[[], float] = time.monotonic):
+        self._events = events
+        self._command_id = command_id
+        self._op = op
+        self._interval = interval
+        self._clock = clock
+        self._last_time = clock()  # the job's start: the first event comes an interval after it
+        self._last_bytes = 0
+        self._lock = threading.Lock()
+
+    def update(self, bytes_done: int, bytes_total: int, *, final: bool = False) -> None:
+        """Publish an event when an interval has passed since the last one (always when `final`)."""
+        with self._lock:
+            now = self._clock()
+            elapsed = now - self._last_time
+            if not final and elapsed < self._interval:
+                return
+            rate = (bytes_done - self._last_bytes) / elapsed if elapsed > 0 else 0.0
+            self._last_time, self._last_bytes = now, bytes_done
+        self._events.emit(EventType.job_progress,
+                          JobProgressData(id=self._command_id, op=self._op, bytes_done=bytes_done,
+                                          bytes_total=bytes_total, rate=max(rate, 0.0)),
+                          subject=f"jobs/{self._command_id}", command_id=self._command_id)
+
+
+@contextmanager
+def watched(reporter: ProgressReporter, probe: Callable[[], tuple[int, int] | None],
+            interval: float = INTERVAL) -> Iterator[None]:
+    """Sample `probe` -> (bytes_done, bytes_total) every interval while the block runs."""
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(interval):
+            try:
+                reading = probe()
+            except Exception:  # a failed sample must never disturb the operation it watches
+                log.debug("progress probe failed", exc_info=True)
+                reading = None
+            if reading is not None:
+                reporter.update(*reading)
+
+    thread = threading.Thread(target=sample, name="progress-probe", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def write_positions(path: str) -> list[int]:
+    """File offsets of every open descriptor on `path` in this machine's processes (libvirtd's own
+    copy or wipe, or the scrub/qemu-img it runs). Readable when libvirt runs on this machine."""
+    positions = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"{fd_dir}/{fd}") != path:
+                    continue
+                with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                    for line in info:
+                        if line.startswith("pos:"):
+                            positions.append(int(line.split()[1]))
+                            break
+            except (OSError, ValueError):
+                continue
+    return positions
