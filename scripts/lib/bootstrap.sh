@@ -5,8 +5,9 @@
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${STORAGE_WORKER_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
+# scrub: libvirt runs it for every wipe algorithm but zero and trim.
 DEBIAN_PACKAGES=(libvirt-daemon-system libvirt-clients libvirt-dev pkg-config qemu-utils libxml2-utils
-                 qemu-system-x86)
+                 qemu-system-x86 scrub)
 
 say() { printf '[bootstrap] %s\n' "$*" >&2; }
 
@@ -54,11 +55,23 @@ libvirt_answers() {
     virsh -q -c qemu:///system uri >/dev/null 2>&1
 }
 
+# Without udev (a container) /dev/kvm stays root:root 0600. libvirt's qemu capability probe then
+# records KVM as present while its cache check, made as the qemu user (libvirt-qemu, group kvm),
+# finds it unusable: every domain lookup re-probes qemu, ~40 s for each define or start. Debian's
+# udev rule gives the device to group kvm, mode 0660; do the same. Domains still use type='qemu'.
+ensure_kvm_device_group() {
+    [ -c /dev/kvm ] && getent group kvm >/dev/null || return 0
+    [ "$(stat -c %G:%a /dev/kvm)" = kvm:660 ] && return 0
+    say "giving /dev/kvm to group kvm, mode 0660, as udev would"
+    as_root chgrp kvm /dev/kvm && as_root chmod 0660 /dev/kvm
+}
+
 ensure_libvirtd() {
     ensure_packages "${DEBIAN_PACKAGES[@]}"
     as_root mkdir -p /var/log/libvirt /var/run/libvirt /var/lib/libvirt/images
     # virtlogd collects guest console logs; libvirt needs it to start a domain.
     pgrep -x virtlogd >/dev/null || as_root virtlogd -d
+    ensure_kvm_device_group
     libvirt_answers && return 0
     say "starting libvirtd"
     pgrep -x libvirtd >/dev/null || as_root libvirtd -d
