@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ import pika
 from pika.exceptions import ChannelClosedByBroker, UnroutableError
 
 from messages.command import encode
+from messages.events import CloudEvent
 from messages.results import Result
 from messages.topology import Topology
 
@@ -35,8 +37,9 @@ class CallTimeout(TimeoutError):
 
 
 class StorageClient:
-    def __init__(self, amqp_url: str = "amqp://guest:guest@localhost:5672/%2F", *, host_id: str,
+    def __init__(self, amqp_url: str = "amqp://guest:guest@localhost:5672/%2F", *, host_id: str = "",
                  prefix: str = "storage"):
+        """`host_id` names the worker commands go to; following events needs none."""
         self.topology = Topology(prefix=prefix, host=host_id)
         self._connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
         self._channel = self._connection.channel()
@@ -65,6 +68,8 @@ class StorageClient:
                deadline: datetime | None = None, reply_to: str | None = None,
                correlation_id: str | None = None, body: bytes | None = None) -> str:
         """Publish a command (confirmed by the broker) and return its id; replies go to `reply_to`."""
+        if not self.topology.host:
+            raise ValueError("a host_id is needed to send commands")
         command_id = command_id or str(uuid.uuid4())
         properties = pika.BasicProperties(content_type="application/json", delivery_mode=2,
                                           reply_to=reply_to, correlation_id=correlation_id or command_id,
@@ -104,3 +109,19 @@ class StorageClient:
             return self._replies.pop(correlation_id)
         finally:
             self._awaited.discard(correlation_id)
+
+    def follow_events(self, pattern: str = "#", *, idle_timeout: float | None = None) -> Iterator[CloudEvent]:
+        """Yield events published from now on whose routing key (`<host>.<suffix>`) matches the
+        topic `pattern`, e.g. "kvm-01.pool.*" or "*.volume.#"; stops after `idle_timeout` seconds
+        without one (never when None). Uses a private queue that disappears with the client."""
+        channel = self._connection.channel()
+        queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        channel.queue_bind(queue, self.topology.events_exchange, pattern)
+        try:
+            for method, _properties, body in channel.consume(queue, auto_ack=True, inactivity_timeout=idle_timeout):
+                if method is None:
+                    return
+                yield CloudEvent.model_validate_json(body)
+        finally:
+            if channel.is_open:
+                channel.close()

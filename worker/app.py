@@ -6,18 +6,19 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import threading
 from typing import Any
 
-from messages.events import EventType, WorkerEventData
-from worker import __version__
+from messages.events import EventType
 from worker.amqp.link import AmqpLink, TopologyError, connection_parameters
 from worker.amqp.topology import declarations
 from worker.config import Settings
-from worker.events import EventPublisher
+from worker.attribution import Attribution
+from worker.events import EventPublisher, worker_data
 from worker.execution import Runner
+from worker.inventory import Inventory
 from worker.journal import Journal
+from worker.monitor import Monitor
 from worker.scheduler import Scheduler
 from worker.service import CommandService
 from worker.virt.gateway import LibvirtGateway
@@ -36,7 +37,6 @@ class Worker:
         self._stopped = threading.Event()
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(settings.state_dir / JOURNAL_FILE)
-        self.gateway = LibvirtGateway(settings.libvirt_uri)
         self.scheduler = Scheduler(settings.concurrency)
         parameters = connection_parameters(
             settings.amqp_url.get_secret_value(), heartbeat=settings.amqp_heartbeat,
@@ -47,10 +47,24 @@ class Worker:
             declarations(topology, queue_type=settings.queue_type, delivery_limit=settings.delivery_limit,
                          single_active_consumer=settings.single_active_consumer),
             queue=topology.command_queue, prefetch=settings.prefetch, on_delivery=self._on_delivery,
-            on_fatal=self._on_fatal)
+            event_buffer=settings.event_buffer, on_fatal=self._on_fatal)
         self.events = EventPublisher(self.link, topology)
+        self.inventory = Inventory()
+        self.attribution = Attribution()
+        self.gateway = LibvirtGateway(settings.libvirt_uri, on_connect=self._on_libvirt_connect,
+                                      on_disconnect=self._on_libvirt_disconnect)
+        self.monitor = Monitor(settings, self.gateway, self.events, self.inventory, self.attribution,
+                               busy_volumes=self.scheduler.held_volumes)
+        runner = Runner(settings, self.gateway, self.events, inventory=self.inventory,
+                        attribution=self.attribution, touch=self.monitor.touch)
         self.service = CommandService(topology=topology, link=self.link, journal=self.journal,
-                                      scheduler=self.scheduler, runner=Runner(settings, self.gateway, self.events))
+                                      scheduler=self.scheduler, runner=runner)
+
+    def _on_libvirt_connect(self, conn: Any) -> None:
+        self.monitor.on_connect(conn)
+
+    def _on_libvirt_disconnect(self, reason: str) -> None:
+        self.monitor.on_disconnect(reason)
 
     def _on_delivery(self, delivery: Any) -> None:
         self.service.on_delivery(delivery)
@@ -60,13 +74,13 @@ class Worker:
         self._stopped.set()
 
     def _worker_event(self, event_type: EventType, reason: str | None = None) -> None:
-        self.events.emit(event_type, WorkerEventData(host_id=self.settings.host_id, hostname=socket.gethostname(),
-                                                     worker_version=__version__,
-                                                     libvirt_uri=self.settings.libvirt_uri, reason=reason),
+        self.events.emit(event_type, worker_data(self.settings.host_id, self.settings.libvirt_uri, reason),
                          subject=f"workers/{self.settings.host_id}")
 
     def start(self, ready_timeout: float = 30.0) -> None:
         """Start every thread; returns once the worker consumes commands."""
+        self.monitor.start()
+        self.gateway.start()
         self.scheduler.start()
         self.service.start()
         self.link.start()
@@ -91,6 +105,7 @@ class Worker:
             log.warning("operations still running after the grace period", extra={"grace_s": grace})
         self._worker_event(EventType.worker_offline, "stopped" if finished else "grace period exceeded")
         self.service.stop_intake()
+        self.monitor.stop()
         self.link.close(timeout=10)
         self.gateway.close()
         self.journal.close()

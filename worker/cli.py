@@ -1,4 +1,4 @@
-"""The operator interface (CONTRACT §7): storage-worker run | call | schema."""
+"""The operator interface (CONTRACT §7): storage-worker run | call | events | schema."""
 
 from __future__ import annotations
 
@@ -78,6 +78,44 @@ def cmd_call(ns: argparse.Namespace) -> int:
     return 0 if result.status.value == "succeeded" else 1
 
 
+def describe_event(event) -> str:
+    """One readable line per event."""
+    data = event.data
+    if "volume" in data:
+        volume = data["volume"]
+        detail = f"{data['pool']}/{volume['name']} capacity={volume['capacity']} origin={data['origin']}"
+        if data.get("disk"):
+            detail += f" disk={data['disk']['domain']}:{data['disk']['target']}"
+    elif "pool" in data:
+        pool = data["pool"]
+        detail = (f"{pool['name']} state={pool['state']} available={pool['available']}/{pool['capacity']}")
+        if "threshold" in data:
+            detail += f" threshold={data['threshold']}"
+    elif "bytes_done" in data:
+        share = data["bytes_done"] / data["bytes_total"] if data["bytes_total"] else 1.0
+        detail = (f"{data['op']} {data['id']} {data['bytes_done']}/{data['bytes_total']} ({share:.0%}) "
+                  f"{data['rate'] / 2**20:.1f} MiB/s")
+    else:
+        detail = f"{data.get('host_id', '')} {data.get('reason') or ''}".strip()
+    command = f" command={event.commandid}" if event.commandid else ""
+    time_text = event.time.strftime("%H:%M:%S.%f")[:-3]
+    return f"{time_text} {event.host} #{event.sequence} {event.type.suffix} {detail}{command}"
+
+
+def cmd_events(ns: argparse.Namespace) -> int:
+    from messages.client import StorageClient
+
+    settings = _load(ns)
+    with StorageClient(settings.amqp_url.get_secret_value(), prefix=settings.prefix) as client:
+        try:
+            for event in client.follow_events(ns.pattern):
+                line = event.model_dump_json(exclude_none=True) if ns.json else describe_event(event)
+                print(line, flush=True)
+        except KeyboardInterrupt:
+            return 0
+    return 0
+
+
 def cmd_schema(ns: argparse.Namespace) -> int:
     from messages.schema import json_schema
 
@@ -108,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--id", help="command id (default: a new UUID)")
     call.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the result")
     call.set_defaults(func=cmd_call)
+
+    events = sub.add_parser("events", help="follow the events exchange, one line per event")
+    common(events)
+    events.add_argument("pattern", nargs="?", default="#",
+                        help="topic pattern on <host>.<event>, e.g. '*.volume.*' (default: everything)")
+    events.add_argument("--json", action="store_true", help="print each event's JSON body")
+    events.set_defaults(func=cmd_events)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the contract")
     schema.set_defaults(func=cmd_schema)

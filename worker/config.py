@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     policy_file: Path | None = None
     retry_attempts: int = Field(5, ge=1, description="tries of an operation that meets transient errors")
     retry_max_seconds: float = Field(60, gt=0, description="total time an operation may spend retrying")
+    libvirt_wait: float = Field(60, ge=0, description="seconds a command waits for an unreachable libvirt "
+                                                       "(never past its deadline)")
+    event_buffer: int = Field(10_000, ge=1, description="events kept while the broker is unreachable")
     shutdown_grace: float = Field(30, ge=0, description="seconds in-flight operations get to finish on SIGTERM")
 
     @field_validator("log_level", mode="before")

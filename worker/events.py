@@ -7,6 +7,7 @@ thread runs handed-over work in order, so sequence order is publish order.
 from __future__ import annotations
 
 import itertools
+import socket
 import threading
 import uuid
 from datetime import datetime, timezone
@@ -14,13 +15,20 @@ from datetime import datetime, timezone
 from pika.spec import BasicProperties
 from pydantic import BaseModel
 
-from messages.events import CONTENT_TYPE, CloudEvent, EventType
+from messages.events import CONTENT_TYPE, CloudEvent, EventType, WorkerEventData
 from messages.topology import Topology
 from worker.amqp.link import AmqpLink, Outgoing
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def worker_data(host_id: str, libvirt_uri: str, reason: str | None = None) -> WorkerEventData:
+    from worker import __version__
+
+    return WorkerEventData(host_id=host_id, hostname=socket.gethostname(), worker_version=__version__,
+                           libvirt_uri=libvirt_uri, reason=reason)
 
 
 class EventPublisher:
@@ -40,5 +48,6 @@ class EventPublisher:
             body = event.model_dump_json(exclude_none=True).encode()
             properties = BasicProperties(content_type=CONTENT_TYPE, delivery_mode=2, message_id=event.id,
                                          type=event_type.value, app_id="storage-worker")
-            self._link.publish(Outgoing(self._topology.events_exchange, event.routing_key(), body, properties))
+            self._link.publish(Outgoing(self._topology.events_exchange, event.routing_key(), body, properties,
+                                        droppable=True))
         return event

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import datetime
 
 from messages.command import Command
 from messages.results import ErrorCode, ErrorInfo, Result, Status
 from worker.config import Settings
 from worker.errors import OperationError
+from worker.attribution import Attribution
 from worker.events import EventPublisher, utcnow
 from worker.handlers import HANDLERS
 from worker.handlers.context import Context
+from worker.inventory import Inventory
 from worker.retry import RetryPolicy
 from worker.virt.gateway import LibvirtGateway
 
@@ -37,11 +40,29 @@ def error_result(command_id: str | None, op: str | None, host: str, status: Stat
 
 
 class Runner:
-    def __init__(self, settings: Settings, gateway: LibvirtGateway, events: EventPublisher):
+    def __init__(self, settings: Settings, gateway: LibvirtGateway, events: EventPublisher, *,
+                 inventory: Inventory | None = None, attribution: Attribution | None = None,
+                 touch: Callable[[str], None] | None = None):
         self._settings = settings
         self._gateway = gateway
         self._events = events
+        self._inventory = inventory
+        self._attribution = attribution
+        self._touch = touch
         self._policy = RetryPolicy(settings.retry_attempts, settings.retry_max_seconds)
+
+    def _wait_for_libvirt(self, command: Command) -> None:
+        """While libvirt is unreachable, wait for the gateway to reconnect: up to LIBVIRT_WAIT, and
+        never past the command's deadline."""
+        if self._gateway.connected:
+            return
+        budget = self._settings.libvirt_wait
+        if command.deadline is not None:
+            budget = min(budget, max(0.0, (command.deadline - utcnow()).total_seconds()))
+        if not self._gateway.wait_connected(budget):
+            raise OperationError(ErrorCode.unavailable,
+                                 f"libvirt at {self._settings.libvirt_uri} did not answer within {budget:.0f} s",
+                                 retryable=True)
 
     def run(self, command: Command, *, received_at: datetime, started_at: datetime,
             cancel: threading.Event) -> Result:
@@ -51,7 +72,23 @@ class Runner:
             return error_result(command.id, command.op, host, Status.failed, ErrorCode.unsupported,
                                 f"operation {command.op!r} is not supported by this worker", received_at, started_at)
         ctx = Context(command=command, gateway=self._gateway, settings=self._settings, events=self._events,
-                      cancel=cancel)
+                      cancel=cancel, inventory=self._inventory, touch=self._touch)
+        pool_name = getattr(command.args, "name", None) if command.op.startswith("pool.") else None
+        if pool_name is not None and self._attribution is not None:
+            self._attribution.begin(pool_name, command.id)
+        try:
+            return self._run(command, handler, ctx, received_at=received_at, started_at=started_at)
+        finally:
+            if pool_name is not None and self._attribution is not None:
+                self._attribution.end(pool_name, command.id)
+
+    def _run(self, command: Command, handler, ctx: Context, *, received_at: datetime,
+             started_at: datetime) -> Result:
+        host = self._settings.host_id
+
+        def attempt():
+            self._wait_for_libvirt(command)
+            return handler(ctx, command.args)
 
         def on_retry(error: OperationError, attempt: int) -> None:
             log.warning("retrying after a transient error",
@@ -59,7 +96,7 @@ class Runner:
                                "code": error.code.value, "error": error.message})
 
         try:
-            payload, attempts = self._policy.run(lambda: handler(ctx, command.args),
+            payload, attempts = self._policy.run(attempt,
                                                  connection_alive=self._gateway.is_alive,
                                                  forget_connection=self._gateway.invalidate, on_retry=on_retry)
         except OperationError as error:

@@ -84,6 +84,11 @@ class Scheduler:
                     return job
         return None
 
+    def held_volumes(self, pool: str) -> set[str]:
+        """Names of a pool's volumes that running jobs hold locked."""
+        with self._cond:
+            return {key[2] for key in self._held if key[0] == "volume" and key[1] == pool}
+
     def counts(self) -> tuple[int, int]:
         with self._cond:
             return len(self._waiting), len(self._running)

@@ -216,12 +216,12 @@ def tap() -> Iterator[Callable[[str, str], Tap]]:
 
 
 def call_async(client_factory: Callable[[], StorageClient], op: str, args: dict[str, Any],
-               timeout: float = 120) -> tuple[threading.Thread, list[Result]]:
+               timeout: float = 120, command_id: str | None = None) -> tuple[threading.Thread, list[Result]]:
     """Run client.call on a thread (each thread needs its own client: pika is not thread-safe)."""
     out: list[Result] = []
 
     def run() -> None:
-        out.append(client_factory().call(op, args, timeout=timeout))
+        out.append(client_factory().call(op, args, timeout=timeout, command_id=command_id))
 
     thread = threading.Thread(target=run)
     thread.start()

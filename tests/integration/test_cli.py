@@ -93,3 +93,17 @@ def test_run_serves_commands_and_drains_on_sigterm(broker_ok, libvirt_conn, tmp_
             events.close()
         remove_pools(f"{tag}-")
         delete_broker_objects(settings)
+
+
+def test_events_prints_one_line_per_event(harness, pool):
+    process = subprocess.Popen([CLI, "events", f"{harness.host}.volume.*", "--prefix", harness.settings.prefix,
+                                "--amqp-url", AMQP_URL], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)  # the follower binds its queue
+        ok(harness.client().call("volume.create", {"pool": pool, "name": "seen.raw", "capacity": 4096}))
+        line = process.stdout.readline()
+        assert "volume.created" in line and f"{pool}/seen.raw" in line and "origin=command" in line
+        assert harness.host in line
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=10)

@@ -11,6 +11,9 @@ Two channels per connection:
   came from; an ack for an older generation is dropped (that message is redelivered by the broker
   and answered from the journal), never sent with a stale delivery tag.
 
+Events wait in a buffer of their own while no channel is open; it is bounded, and events dropped
+beyond the bound (oldest first) are counted and logged. Results are never dropped.
+
 The link reconnects with jittered exponential backoff and re-declares the topology every time.
 """
 
@@ -57,6 +60,7 @@ class Outgoing:
     body: bytes
     properties: BasicProperties
     on_confirmed: Callable[[], None] | None = None
+    droppable: bool = False  # an event: may be dropped (and counted) when the buffer overflows
     attempts: int = field(default=0)
 
 
@@ -66,7 +70,7 @@ class TopologyError(RuntimeError):
 
 class AmqpLink:
     def __init__(self, parameters: pika.URLParameters, decls: list[Declaration], *, queue: str,
-                 prefetch: int, on_delivery: Callable[[Delivery], None],
+                 prefetch: int, on_delivery: Callable[[Delivery], None], event_buffer: int = 10_000,
                  on_connected: Callable[[], None] | None = None,
                  on_disconnected: Callable[[str], None] | None = None,
                  on_fatal: Callable[[Exception], None] | None = None):
@@ -89,6 +93,9 @@ class AmqpLink:
         self._next_tag = 0
         self._unconfirmed: "collections.OrderedDict[int, Outgoing]" = collections.OrderedDict()
         self._outbox: collections.deque[Outgoing] = collections.deque()
+        self._event_outbox: collections.deque[Outgoing] = collections.deque()
+        self._event_buffer = event_buffer
+        self.dropped_events = 0
         self._backoff = RECONNECT_MIN
         self._stopping = False
         self._ready = threading.Event()
@@ -125,7 +132,7 @@ class AmqpLink:
         self.call_soon(self._cancel_consumer)
 
     def pending_publishes(self) -> int:
-        return len(self._unconfirmed) + len(self._outbox)
+        return len(self._unconfirmed) + len(self._outbox) + len(self._event_outbox)
 
     def close(self, timeout: float = 10.0) -> None:
         """Close after pending publishes are confirmed (or `timeout` passes); stops the thread."""
@@ -184,8 +191,11 @@ class AmqpLink:
         self._consumer_tag = None
         self._generation += 1
         if self._unconfirmed:
-            self._outbox.extendleft(reversed(list(self._unconfirmed.values())))
+            waiting = list(self._unconfirmed.values())
             self._unconfirmed.clear()
+            self._event_outbox.extendleft(reversed([m for m in waiting if m.droppable]))
+            self._outbox.extendleft(reversed([m for m in waiting if not m.droppable]))
+            self._trim_events()
         if was_ready and self._on_disconnected is not None:
             self._on_disconnected(reason)
 
@@ -246,20 +256,38 @@ class AmqpLink:
     def _publish(self, message: Outgoing) -> None:
         channel = self._publish_channel
         if channel is None or not channel.is_open or not self._ready.is_set():
-            self._outbox.append(message)
+            self._wait(message)
             return
         try:
             channel.basic_publish(message.exchange, message.routing_key, message.body, message.properties)
         except AMQPError as exc:
             log.warning("publish failed; queued for the next connection", extra={"error": repr(exc)})
-            self._outbox.append(message)
+            self._wait(message)
             return
         message.attempts += 1
         self._next_tag += 1
         self._unconfirmed[self._next_tag] = message
 
+    def _wait(self, message: Outgoing) -> None:
+        if message.droppable:
+            self._event_outbox.append(message)
+            self._trim_events()
+        else:
+            self._outbox.append(message)
+
+    def _trim_events(self) -> None:
+        while len(self._event_outbox) > self._event_buffer:
+            self._event_outbox.popleft()
+            self.dropped_events += 1
+            if self.dropped_events == 1 or self.dropped_events % 1000 == 0:
+                log.warning("event buffer full while the broker is unreachable; dropping the oldest events",
+                            extra={"dropped_total": self.dropped_events, "buffer": self._event_buffer})
+
     def _flush_outbox(self) -> None:
-        waiting, self._outbox = self._outbox, collections.deque()
+        """Results first, then events oldest first (their sequence order)."""
+        waiting = list(self._outbox) + list(self._event_outbox)
+        self._outbox.clear()
+        self._event_outbox.clear()
         for message in waiting:
             self._publish(message)
 
@@ -324,12 +352,12 @@ class AmqpLink:
     # ---- shutdown ------------------------------------------------------------------------------
 
     def _close_when_flushed(self, timeout: float, waited: float = 0.0) -> None:
-        if (self._unconfirmed or self._outbox) and waited < timeout and self._connection is not None:
+        pending = self.pending_publishes()
+        if pending and waited < timeout and self._connection is not None:
             self._ioloop.call_later(0.05, lambda: self._close_when_flushed(timeout, waited + 0.05))
             return
-        if self._unconfirmed or self._outbox:
-            log.warning("closing with publishes the broker has not confirmed",
-                        extra={"unconfirmed": len(self._unconfirmed), "outbox": len(self._outbox)})
+        if pending:
+            log.warning("closing with publishes the broker has not confirmed", extra={"pending": pending})
         self._stopping = True
         if self._connection is not None and self._connection.is_open:
             self._connection.close()

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from pydantic import BaseModel
 
-from worker.handlers import host, pools, volumes
+from worker.handlers import disks, host, pools, transfers, volumes
 from worker.handlers.context import Context
 
 Handler = Callable[[Context, BaseModel], BaseModel]
@@ -31,4 +31,11 @@ HANDLERS: dict[str, Handler] = {
     "volume.delete": volumes.delete,
     "volume.info": volumes.info,
     "volume.list": volumes.list_,
+    "volume.clone": volumes.clone,
+    "volume.resize": volumes.resize,
+    "volume.wipe": volumes.wipe,
+    "volume.upload": transfers.upload,
+    "volume.download": transfers.download,
+    "volume.attach": disks.attach,
+    "volume.detach": disks.detach,
 }

@@ -7,16 +7,20 @@ whose first try made the volume and then lost the connection still reports chang
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import libvirt
 
 from messages.command import Command
-from messages.events import EventType, VolumeEventData
+from messages.events import DiskRef, EventType, VolumeEventData
 from messages.objects import VolumeObject
 from worker.config import Settings
 from worker.errors import invalid, not_found
 from worker.events import EventPublisher
+from worker.inventory import Inventory
+from worker.progress import ProgressReporter
 from worker.virt.gateway import LibvirtGateway
 
 
@@ -28,6 +32,22 @@ class Context:
     events: EventPublisher
     cancel: threading.Event = field(default_factory=threading.Event)
     changed: bool = False
+    progress: ProgressReporter | None = None
+    inventory: Inventory | None = None
+    touch: Callable[[str], None] | None = None
+    # Facts a handler must carry from one of its tries to the next (e.g. a volume's length before an
+    # upload began, which a failed sparse upload may have cut).
+    memo: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.progress is None:
+            self.progress = ProgressReporter(self.events, self.command.id, self.command.op)
+
+    @property
+    def libvirt_is_local(self) -> bool:
+        """True when libvirtd runs on this machine, so its files and processes can be looked at."""
+        uri = self.settings.libvirt_uri
+        return "://" in uri and uri.split("://", 1)[1].startswith("/")
 
     @property
     def conn(self) -> libvirt.virConnect:
@@ -69,6 +89,16 @@ class Context:
             raise not_found(f"volume {name!r} does not exist in pool {pool.name()!r}")
         return volume
 
-    def volume_event(self, event: EventType, volume: VolumeObject) -> None:
-        self.events.emit(event, VolumeEventData(pool=volume.pool, volume=volume, origin="command"),
+    def volume_event(self, event: EventType, volume: VolumeObject, disk: DiskRef | None = None) -> None:
+        """Publish a volume event this command caused (`disk` names the guest disk for attached/
+        detached), and keep the inventory in step with it so that the next re-listing does not
+        report the change again as made from outside."""
+        if self.inventory is not None:
+            if event is EventType.volume_deleted:
+                self.inventory.drop_volume(volume.pool, volume.name)
+            else:
+                self.inventory.put_volume(volume)
+        self.events.emit(event, VolumeEventData(pool=volume.pool, volume=volume, origin="command", disk=disk),
                          subject=f"pools/{volume.pool}/volumes/{volume.name}", command_id=self.command.id)
+        if self.touch is not None:
+            self.touch(volume.pool)

@@ -48,9 +48,14 @@ def ensure_event_loop() -> None:
         _event_loop_started = True
 
 
+RECONNECT_MIN = 0.5
+RECONNECT_MAX = 30.0
+
+
 class LibvirtGateway:
     """Hands out the live connection; `on_connect` runs for every newly opened connection and
-    `on_disconnect` once for every connection found lost."""
+    `on_disconnect` once for every connection found lost. After a loss a background thread
+    re-opens the connection with backoff, so callbacks come back even when no command asks."""
 
     def __init__(self, uri: str, *, on_connect: Callable[[libvirt.virConnect], None] | None = None,
                  on_disconnect: Callable[[str], None] | None = None):
@@ -60,6 +65,20 @@ class LibvirtGateway:
         self._lock = threading.Lock()
         self._conn: libvirt.virConnect | None = None
         self._closed = False
+        self._connected = threading.Event()
+        self._reconnecting = False
+        self._wake = threading.Event()
+
+    def start(self) -> None:
+        """Connect now, in the background, retrying until libvirt answers."""
+        self._reconnect_in_background()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
 
     def connection(self) -> libvirt.virConnect:
         """The open connection, opening one when there is none; raises OperationError(unavailable)."""
@@ -99,6 +118,8 @@ class LibvirtGateway:
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            self._connected.clear()
+            self._wake.set()
             conn, self._conn = self._conn, None
         if conn is not None:
             try:
@@ -126,6 +147,7 @@ class LibvirtGateway:
         log.info("connected to libvirt", extra={"uri": self.uri})
         if self._on_connect is not None:
             self._on_connect(conn)
+        self._connected.set()
         return conn
 
     def _closed_by_libvirt(self, conn: libvirt.virConnect, reason: int, _opaque: object) -> None:
@@ -144,7 +166,9 @@ class LibvirtGateway:
                 self._drop(conn, reason)
 
     def _drop(self, conn: libvirt.virConnect, reason: str) -> None:
+        """Under the lock: forget a dead connection and start re-opening one."""
         self._conn = None
+        self._connected.clear()
         log.warning("lost the connection to libvirt", extra={"uri": self.uri, "reason": reason})
         try:
             conn.unregisterCloseCallback()
@@ -152,3 +176,31 @@ class LibvirtGateway:
             pass
         if self._on_disconnect is not None:
             self._on_disconnect(reason)
+        self._reconnect_in_background(locked=True)
+
+    def _reconnect_in_background(self, locked: bool = False) -> None:
+        if not locked:
+            with self._lock:
+                self._reconnect_in_background(locked=True)
+            return
+        if self._reconnecting or self._closed:
+            return
+        self._reconnecting = True
+        threading.Thread(target=self._reconnect_loop, name="libvirt-reconnect", daemon=True).start()
+
+    def _reconnect_loop(self) -> None:
+        delay = RECONNECT_MIN
+        try:
+            while not self._closed:
+                try:
+                    self.connection()
+                    return
+                except OperationError as error:
+                    log.info("libvirt not reachable yet", extra={"uri": self.uri, "error": error.message,
+                                                                 "retry_in_s": delay})
+                if self._wake.wait(delay):
+                    return
+                delay = min(delay * 2, RECONNECT_MAX)
+        finally:
+            with self._lock:
+                self._reconnecting = False

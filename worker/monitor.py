@@ -1,0 +1,241 @@
+"""The monitor: turns libvirt's pool callbacks, periodic re-listings and connection changes into
+events (CONTRACT §5), on one thread of its own.
+
+    libvirt event loop --pool signal--> \\
+    gateway --connected/disconnected-->  queue --> monitor thread --> EventPublisher
+    handlers --touch(pool)-->           /         (pool lookups, listings, diffs, capacity)
+    every RECONCILE_INTERVAL: re-list pools and volumes
+
+Pool lifecycle events come from libvirt's callbacks while connected; after a reconnect the pools are
+compared with the last known view, which publishes what changed while the worker was blind. Volume
+events from outside the worker come from comparing listings (libvirt has no volume events).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import libvirt
+
+from messages.events import CapacityEventData, EventType, PoolEventData, VolumeEventData
+from messages.objects import PoolObject
+from worker.attribution import Attribution
+from worker.capacity import CapacityWatch, Level
+from worker.config import Settings
+from worker.errors import OperationError
+from worker.events import EventPublisher, worker_data
+from worker.inventory import Inventory, diff_pools
+from worker.virt import pool_events
+from worker.virt.describe import pool_object, volume_object
+from worker.virt.gateway import LibvirtGateway
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _PoolSignal:
+    pool: str
+    kind: EventType
+
+
+@dataclass(frozen=True)
+class _Connected:
+    conn: libvirt.virConnect
+
+
+@dataclass(frozen=True)
+class _Disconnected:
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Touch:
+    pool: str
+
+
+_STOP = object()
+
+
+class Monitor:
+    def __init__(self, settings: Settings, gateway: LibvirtGateway, events: EventPublisher, inventory: Inventory,
+                 attribution: Attribution, busy_volumes: Callable[[str], set[str]]):
+        """`busy_volumes(pool)` names the volumes of a pool that running commands hold locked."""
+        self._settings = settings
+        self._gateway = gateway
+        self._events = events
+        self._inventory = inventory
+        self._attribution = attribution
+        self._busy_volumes = busy_volumes
+        self._capacity = CapacityWatch(settings.capacity_low)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
+        self._ever_connected = False
+        self._blind = False
+
+    # ---- inputs (any thread) -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout=10)
+
+    def on_connect(self, conn: libvirt.virConnect) -> None:
+        """Gateway hook, run as a connection opens: register the pool callbacks on it."""
+        pool_events.register(conn, self.pool_signal)
+        self._queue.put(_Connected(conn))
+
+    def on_disconnect(self, reason: str) -> None:
+        self._queue.put(_Disconnected(reason))
+
+    def pool_signal(self, pool: str, kind: EventType) -> None:
+        self._queue.put(_PoolSignal(pool, kind))
+
+    def touch(self, pool: str) -> None:
+        """A command changed what a pool holds: look at its capacity again."""
+        self._queue.put(_Touch(pool))
+
+    # ---- the monitor thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        interval = self._settings.reconcile_interval
+        next_pass = time.monotonic() + interval
+        while True:
+            try:
+                item = self._queue.get(timeout=max(0.0, next_pass - time.monotonic()))
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                return
+            try:
+                if item is None:
+                    next_pass = time.monotonic() + interval
+                    if self._gateway.connected:
+                        self._reconcile(publish_pool_changes=False)
+                else:
+                    self._handle(item)
+            except (libvirt.libvirtError, OperationError) as error:
+                log.info("monitor pass interrupted by libvirt", extra={"error": str(error)})
+            except Exception:
+                log.exception("monitor pass failed")
+
+    def _handle(self, item: object) -> None:
+        if isinstance(item, _PoolSignal):
+            self._on_pool_signal(item)
+        elif isinstance(item, _Connected):
+            first = not self._ever_connected
+            self._ever_connected = True
+            self._blind = False
+            if first:
+                self._take_inventory()
+            else:
+                self._worker_event(EventType.libvirt_reconnected, None)
+                self._reconcile(publish_pool_changes=True)
+        elif isinstance(item, _Disconnected):
+            if not self._blind:
+                self._blind = True
+                self._worker_event(EventType.libvirt_disconnected, item.reason)
+        elif isinstance(item, _Touch):
+            pool = self._lookup(item.pool)
+            if pool is not None:
+                self._inventory.set_pool(pool)
+                self._check_capacity(pool)
+
+    def _conn(self) -> libvirt.virConnect:
+        return self._gateway.connection()
+
+    def _lookup(self, name: str) -> PoolObject | None:
+        try:
+            return pool_object(self._conn().storagePoolLookupByName(name))
+        except libvirt.libvirtError as error:
+            if error.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                return None
+            raise
+
+    def _on_pool_signal(self, signal: _PoolSignal) -> None:
+        pool = self._lookup(signal.pool)
+        if pool is None:
+            pool = self._inventory.pool(signal.pool)  # gone: publish its last known object
+        if pool is None:
+            log.info("pool event for a pool never seen", extra={"pool": signal.pool, "event": signal.kind.value})
+            return
+        if signal.kind is EventType.pool_undefined:
+            self._inventory.forget_pool(signal.pool)
+            self._capacity.forget(signal.pool)
+        else:
+            self._inventory.set_pool(pool)
+        self._events.emit(signal.kind, PoolEventData(pool=pool), subject=f"pools/{pool.name}",
+                          command_id=self._attribution.command_for(signal.pool))
+        if signal.kind in (EventType.pool_refreshed, EventType.pool_started) and pool.state.value == "running":
+            self._reconcile_volumes(signal.pool)
+        self._check_capacity(pool)
+
+    def _take_inventory(self) -> None:
+        """First connection: learn what is there without publishing it as changes."""
+        pools = [pool_object(p) for p in self._conn().listAllStoragePools(0)]
+        self._inventory.replace_pools(pools)
+        for pool in pools:
+            if pool.state.value == "running":
+                handle = self._conn().storagePoolLookupByName(pool.name)
+                self._inventory.set_volumes(pool.name, [volume_object(pool.name, v) for v in handle.listAllVolumes(0)])
+            self._check_capacity(pool)
+        log.info("inventory taken", extra={"pools": len(pools), "volumes": self._inventory.volume_count()})
+
+    def _reconcile(self, *, publish_pool_changes: bool) -> None:
+        """Re-list pools and volumes; publish volume changes made outside the worker, and after a
+        reconnect also the pool changes libvirt's callbacks could not report."""
+        pools = {p.name(): p for p in self._conn().listAllStoragePools(0)}
+        now = {name: pool_object(handle) for name, handle in pools.items()}
+        if publish_pool_changes:
+            changes = diff_pools(self._inventory.pools(), now)
+            for kind, changed in ((EventType.pool_defined, changes.defined), (EventType.pool_started, changes.started),
+                                  (EventType.pool_stopped, changes.stopped),
+                                  (EventType.pool_undefined, changes.undefined)):
+                for pool in changed:
+                    self._events.emit(kind, PoolEventData(pool=pool), subject=f"pools/{pool.name}")
+        self._inventory.replace_pools(now.values())
+        for name, pool in now.items():
+            if pool.state.value == "running":
+                self._reconcile_volumes(name, pools[name])
+            self._check_capacity(pool)
+
+    def _reconcile_volumes(self, pool_name: str, handle: libvirt.virStoragePool | None = None) -> None:
+        handle = handle or self._conn().storagePoolLookupByName(pool_name)
+        if not self._inventory.listed(pool_name):
+            self._inventory.set_volumes(pool_name, [volume_object(pool_name, v) for v in handle.listAllVolumes(0)])
+            return
+        busy = self._busy_volumes(pool_name)
+        listed_at = self._inventory.now()
+        names = set(handle.listVolumes())
+        created, deleted = self._inventory.compare(pool_name, names, listed_at, busy | self._busy_volumes(pool_name))
+        for volume in deleted:
+            self._volume_event(EventType.volume_deleted, volume)
+        for name in sorted(created):
+            try:
+                volume = volume_object(pool_name, handle.storageVolLookupByName(name))
+            except libvirt.libvirtError:
+                continue  # gone again before we looked
+            self._inventory.put_volume(volume, by_command=False)
+            self._volume_event(EventType.volume_created, volume)
+
+    def _volume_event(self, kind: EventType, volume) -> None:
+        self._events.emit(kind, VolumeEventData(pool=volume.pool, volume=volume, origin="external"),
+                          subject=f"pools/{volume.pool}/volumes/{volume.name}")
+
+    def _check_capacity(self, pool: PoolObject) -> None:
+        level = self._capacity.observe(pool)
+        if level is None:
+            return
+        kind = EventType.pool_capacity_low if level is Level.low else EventType.pool_capacity_ok
+        self._events.emit(kind, CapacityEventData(pool=pool, threshold=self._settings.capacity_low),
+                          subject=f"pools/{pool.name}")
+
+    def _worker_event(self, kind: EventType, reason: str | None) -> None:
+        self._events.emit(kind, worker_data(self._settings.host_id, self._settings.libvirt_uri, reason),
+                          subject=f"workers/{self._settings.host_id}")
