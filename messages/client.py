@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -21,7 +21,7 @@ import pika
 from pika.exceptions import ChannelClosedByBroker, UnroutableError
 
 from messages.command import encode
-from messages.events import CloudEvent
+from messages.events import CloudEvent, JobProgressData
 from messages.results import Result
 from messages.topology import Topology
 
@@ -89,13 +89,34 @@ class StorageClient:
         return command_id
 
     def call(self, op: str, args: dict[str, Any] | None = None, *, command_id: str | None = None,
-             deadline: datetime | None = None, timeout: float = 60.0) -> Result:
-        """Send a command and wait for its result; raises CallTimeout after `timeout` seconds."""
+             deadline: datetime | None = None, timeout: float = 60.0,
+             on_progress: Callable[[JobProgressData], None] | None = None) -> Result:
+        """Send a command and wait for its result; raises CallTimeout after `timeout` seconds.
+        `on_progress` receives the command's storage.job.progress events while it runs."""
+        command_id = command_id or str(uuid.uuid4())
         correlation_id = str(uuid.uuid4())
         self._awaited.add(correlation_id)
-        command_id = self.submit(op, args, command_id=command_id, deadline=deadline, reply_to=DIRECT_REPLY_TO,
-                                 correlation_id=correlation_id)
-        return self.wait(correlation_id, timeout, what=f"{op} {command_id}")
+        progress_channel = self._follow_progress(command_id, on_progress) if on_progress else None
+        try:
+            self.submit(op, args, command_id=command_id, deadline=deadline, reply_to=DIRECT_REPLY_TO,
+                        correlation_id=correlation_id)
+            return self.wait(correlation_id, timeout, what=f"{op} {command_id}")
+        finally:
+            if progress_channel is not None and progress_channel.is_open:
+                progress_channel.close()
+
+    def _follow_progress(self, command_id: str, on_progress: Callable[[JobProgressData], None]) -> Any:
+        channel = self._connection.channel()
+        queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        channel.queue_bind(queue, self.topology.events_exchange, f"{self.topology.host}.job.progress")
+
+        def deliver(_channel: Any, _method: Any, _properties: Any, body: bytes) -> None:
+            event = CloudEvent.model_validate_json(body)
+            if event.commandid == command_id:
+                on_progress(JobProgressData.model_validate(event.data))
+
+        channel.basic_consume(queue, deliver, auto_ack=True)
+        return channel
 
     def wait(self, correlation_id: str, timeout: float, what: str = "the command") -> Result:
         self._awaited.add(correlation_id)

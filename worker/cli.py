@@ -57,6 +57,30 @@ def cmd_run(ns: argparse.Namespace) -> int:
     return Worker(settings).run_until_signalled()
 
 
+class ProgressBar:
+    """One line on a terminal, redrawn for each progress event of a long job."""
+
+    WIDTH = 30
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._drawn = False
+
+    def show(self, progress) -> None:
+        share = progress.bytes_done / progress.bytes_total if progress.bytes_total else 0.0
+        filled = int(share * self.WIDTH)
+        self._stream.write(f"\r[{'#' * filled}{'.' * (self.WIDTH - filled)}] {share:6.1%} "
+                           f"{progress.bytes_done / 2**20:,.0f}/{progress.bytes_total / 2**20:,.0f} MiB "
+                           f"{progress.rate / 2**20:,.1f} MiB/s ")
+        self._stream.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        if self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
 def cmd_call(ns: argparse.Namespace) -> int:
     from messages.client import CallTimeout, NoWorker, StorageClient
 
@@ -67,13 +91,21 @@ def cmd_call(ns: argparse.Namespace) -> int:
     except (ValueError, json.JSONDecodeError) as error:
         print(f"storage-worker call: {error}", file=sys.stderr)
         return 1
+    from messages.operations import OPERATIONS
+
+    bar = ProgressBar(sys.stderr) if sys.stderr.isatty() and ns.op in OPERATIONS \
+        and OPERATIONS[ns.op].long_running else None
     try:
         with StorageClient(settings.amqp_url.get_secret_value(), host_id=settings.host_id,
                            prefix=settings.prefix) as client:
-            result = client.call(ns.op, args, command_id=ns.id, timeout=ns.timeout)
+            result = client.call(ns.op, args, command_id=ns.id, timeout=ns.timeout,
+                                 on_progress=bar.show if bar else None)
     except (CallTimeout, NoWorker) as error:
         print(f"storage-worker call: {error}", file=sys.stderr)
         return 1
+    finally:
+        if bar is not None:
+            bar.close()
     print(result.model_dump_json(indent=2))
     return 0 if result.status.value == "succeeded" else 1
 

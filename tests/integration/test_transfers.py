@@ -433,3 +433,20 @@ def test_cancel_a_download_leaves_no_file(harness, client, pool):
     assert took < 1.5, f"the download stopped {took:.2f} s after job.cancel"
     assert not out.exists() and not any(os.path.exists(p) for p in parts)
     assert not glob.glob(str(harness.root / ".huge.img.*"))
+
+
+def test_call_reports_progress_to_a_callback(harness, client, pool, tmp_path):
+    """What `storage-worker call` draws its progress bar from."""
+    size = 1024 * MiB
+    ok(client.call("volume.create", {"pool": pool, "name": "bar.raw", "capacity": size}))
+    source = harness.root / "bar-source.bin"
+    with open(source, "wb") as handle:
+        for _ in range(size // (8 * MiB)):
+            handle.write(os.urandom(8 * MiB))
+    seen = []
+    result = client.call("volume.upload", {"pool": pool, "name": "bar.raw", "source": {"path": str(source)},
+                                           "sparse": False}, on_progress=seen.append, timeout=120)
+    ok(result)
+    assert seen, "no progress reached the callback"
+    assert seen[-1].bytes_done == seen[-1].bytes_total == size
+    assert all(p.op == "volume.upload" and p.id == result.id for p in seen)
