@@ -17,7 +17,7 @@ from worker.attribution import Attribution
 from worker.events import EventPublisher, worker_data
 from worker.execution import Runner
 from worker.inventory import Inventory
-from worker.journal import Journal
+from worker.journal import Journal, new_owner_id
 from worker.monitor import Monitor
 from worker.scheduler import Scheduler
 from worker.service import CommandService
@@ -35,6 +35,8 @@ class Worker:
         self.topology = topology
         self._fatal: Exception | None = None
         self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._stopping = False
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(settings.state_dir / JOURNAL_FILE)
         self.scheduler = Scheduler(settings.concurrency)
@@ -48,7 +50,7 @@ class Worker:
                          single_active_consumer=settings.single_active_consumer),
             queue=topology.command_queue, prefetch=settings.prefetch, on_delivery=self._on_delivery,
             event_buffer=settings.event_buffer, on_fatal=self._on_fatal)
-        self.events = EventPublisher(self.link, topology)
+        self.events = EventPublisher(self.link, topology, self.journal, settings.event_buffer)
         self.inventory = Inventory()
         self.attribution = Attribution()
         self.gateway = LibvirtGateway(settings.libvirt_uri, on_connect=self._on_libvirt_connect,
@@ -57,8 +59,10 @@ class Worker:
                                busy_volumes=self.scheduler.held_volumes)
         runner = Runner(settings, self.gateway, self.events, inventory=self.inventory,
                         attribution=self.attribution, touch=self.monitor.touch)
+        self.owner = new_owner_id()
         self.service = CommandService(topology=topology, link=self.link, journal=self.journal,
-                                      scheduler=self.scheduler, runner=runner)
+                                      scheduler=self.scheduler, runner=runner, owner=self.owner,
+                                      own_after=settings.own_after)
 
     def _on_libvirt_connect(self, conn: Any) -> None:
         self.monitor.on_connect(conn)
@@ -79,6 +83,7 @@ class Worker:
 
     def start(self, ready_timeout: float = 30.0) -> None:
         """Start every thread; returns once the worker consumes commands."""
+        self.events.replay_parked()
         self.monitor.start()
         self.gateway.start()
         self.scheduler.start()
@@ -97,6 +102,10 @@ class Worker:
     def stop(self, grace: float | None = None) -> None:
         """Drain: stop consuming, requeue unstarted commands, let running ones finish within the
         grace period and publish their results, then close."""
+        with self._stop_lock:
+            if self._stopping:
+                return
+            self._stopping = True
         grace = self.settings.shutdown_grace if grace is None else grace
         self.link.stop_consuming()
         requeued = self.service.requeue_unstarted()
@@ -105,6 +114,7 @@ class Worker:
             log.warning("operations still running after the grace period", extra={"grace_s": grace})
         self._worker_event(EventType.worker_offline, "stopped" if finished else "grace period exceeded")
         self.service.stop_intake()
+        self.service.retire()
         self.monitor.stop()
         self.link.close(timeout=10)
         self.gateway.close()

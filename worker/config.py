@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(60, gt=0, description="total time an operation may spend retrying")
     libvirt_wait: float = Field(60, ge=0, description="seconds a command waits for an unreachable libvirt "
                                                        "(never past its deadline)")
+    own_after: float = Field(60, ge=0, description="seconds a command may hold its delivery unacknowledged "
+                                                   "before the journal takes custody of it")
     event_buffer: int = Field(10_000, ge=1, description="events kept while the broker is unreachable")
     shutdown_grace: float = Field(30, ge=0, description="seconds in-flight operations get to finish on SIGTERM")
 

@@ -7,6 +7,7 @@ thread runs handed-over work in order, so sequence order is publish order.
 from __future__ import annotations
 
 import itertools
+import json
 import socket
 import threading
 import uuid
@@ -18,6 +19,7 @@ from pydantic import BaseModel
 from messages.events import CONTENT_TYPE, CloudEvent, EventType, WorkerEventData
 from messages.topology import Topology
 from worker.amqp.link import AmqpLink, Outgoing
+from worker.journal import Journal
 
 
 def utcnow() -> datetime:
@@ -31,13 +33,39 @@ def worker_data(host_id: str, libvirt_uri: str, reason: str | None = None) -> Wo
                            libvirt_uri=libvirt_uri, reason=reason)
 
 
+TRIM_EVERY = 1000
+
+
 class EventPublisher:
-    def __init__(self, link: AmqpLink, topology: Topology):
+    """With a journal, every event is parked in its outbox until the broker confirms it, so events
+    survive the process; the outbox keeps at most `buffer` of them (the oldest go first)."""
+
+    def __init__(self, link: AmqpLink, topology: Topology, journal: Journal | None = None, buffer: int = 10_000):
         self._link = link
         self._topology = topology
+        self._journal = journal
+        self._buffer = buffer
         self._source = f"/storage-worker/{topology.host}"
         self._sequence = itertools.count(1)
+        self._emitted = 0
         self._lock = threading.Lock()
+
+    def replay_parked(self) -> int:
+        """Publish the events an earlier process parked and never saw confirmed, oldest first."""
+        if self._journal is None:
+            return 0
+        parked = self._journal.parked()
+        for item in parked:
+            headers = json.loads(item.headers)
+            properties = BasicProperties(content_type=CONTENT_TYPE, delivery_mode=2, message_id=headers["id"],
+                                         type=headers["type"], app_id="storage-worker")
+            self._link.publish(Outgoing(item.exchange, item.routing_key, item.body, properties,
+                                        self._unparker(item.seq), droppable=True))
+        return len(parked)
+
+    def _unparker(self, seq: int):
+        journal = self._journal
+        return lambda: journal.unpark([seq])
 
     def emit(self, event_type: EventType, data: BaseModel, *, subject: str | None = None,
              command_id: str | None = None) -> CloudEvent:
@@ -48,6 +76,14 @@ class EventPublisher:
             body = event.model_dump_json(exclude_none=True).encode()
             properties = BasicProperties(content_type=CONTENT_TYPE, delivery_mode=2, message_id=event.id,
                                          type=event_type.value, app_id="storage-worker")
+            confirmed = None
+            if self._journal is not None:
+                seq = self._journal.park(self._topology.events_exchange, event.routing_key(), body,
+                                         json.dumps({"id": event.id, "type": event_type.value}))
+                confirmed = self._unparker(seq)
+                self._emitted += 1
+                if self._emitted % TRIM_EVERY == 0:
+                    self._journal.trim_parked(self._buffer)
             self._link.publish(Outgoing(self._topology.events_exchange, event.routing_key(), body, properties,
-                                        droppable=True))
+                                        confirmed, droppable=True))
         return event

@@ -1,13 +1,21 @@
-"""The command journal: SQLite (WAL) in STATE_DIR, keyed by command id.
+"""The command journal: SQLite (WAL) in STATE_DIR, keyed by command id, plus the event outbox.
 
 A command moves received -> running -> finished; the finished row holds its result and whether the
 broker has confirmed that result. A re-sent id is answered from here without running anything.
+
+A command's delivery is acknowledged either once its result is confirmed or, for long jobs and for
+commands held longer than a while, as soon as the journal *owns* it: the row then keeps the command's
+body and reply address, and if the owning process dies, another (or the restarted) worker resumes it
+from here — the broker will not redeliver it. Owners prove they are alive with a heartbeat.
+
 WAL with synchronous=NORMAL survives the process being killed (what the worker guards against);
 only a power loss may drop the last transactions.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import sqlite3
 import threading
 import time
@@ -19,16 +27,35 @@ from messages.results import Result
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commands (
-    id          TEXT PRIMARY KEY,
-    fingerprint TEXT NOT NULL,
-    op          TEXT,
-    state       TEXT NOT NULL,
-    result      TEXT,
-    published   INTEGER NOT NULL DEFAULT 0,
-    received_at REAL NOT NULL,
-    updated_at  REAL NOT NULL
+    id             TEXT PRIMARY KEY,
+    fingerprint    TEXT NOT NULL,
+    op             TEXT,
+    state          TEXT NOT NULL,
+    result         TEXT,
+    published      INTEGER NOT NULL DEFAULT 0,
+    body           BLOB,
+    reply_to       TEXT,
+    correlation_id TEXT,
+    owner          TEXT,
+    received_at    REAL NOT NULL,
+    updated_at     REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS commands_updated ON commands(updated_at);
+CREATE INDEX IF NOT EXISTS commands_open ON commands(state, published);
+CREATE TABLE IF NOT EXISTS owners (
+    owner     TEXT PRIMARY KEY,
+    hostname  TEXT NOT NULL,
+    pid       INTEGER NOT NULL,
+    heartbeat REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    exchange    TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    body        BLOB NOT NULL,
+    headers     TEXT NOT NULL,
+    created     REAL NOT NULL
+);
 """
 
 
@@ -46,6 +73,34 @@ class Entry:
     state: State
     result: Result | None
     published: bool
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    owner: str | None = None
+    body: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Parked:
+    """An event waiting in the outbox for the broker."""
+
+    seq: int
+    exchange: str
+    routing_key: str
+    body: bytes
+    headers: str
+
+
+_COLUMNS = "id, fingerprint, op, state, result, published, reply_to, correlation_id, owner, body"
+
+
+def _entry(row: tuple) -> Entry:
+    return Entry(id=row[0], fingerprint=row[1], op=row[2], state=State(row[3]),
+                 result=Result.model_validate_json(row[4]) if row[4] else None, published=bool(row[5]),
+                 reply_to=row[6], correlation_id=row[7], owner=row[8], body=row[9])
+
+
+def new_owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
 
 
 class Journal:
@@ -53,7 +108,7 @@ class Journal:
         """`path` is a file, or ":memory:" for tests of pure logic."""
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._lock = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -64,53 +119,131 @@ class Journal:
         with self._lock:
             self._db.close()
 
-    def get(self, command_id: str) -> Entry | None:
+    def _run(self, sql: str, parameters: tuple = ()) -> sqlite3.Cursor:
         with self._lock:
-            row = self._db.execute(
-                "SELECT id, fingerprint, op, state, result, published FROM commands WHERE id = ?",
-                (command_id,)).fetchone()
-        if row is None:
-            return None
-        return Entry(id=row[0], fingerprint=row[1], op=row[2], state=State(row[3]),
-                     result=Result.model_validate_json(row[4]) if row[4] else None, published=bool(row[5]))
+            return self._db.execute(sql, parameters)
 
-    def receive(self, command_id: str, fingerprint: str, op: str | None) -> bool:
+    # ---- commands ------------------------------------------------------------------------------
+
+    def get(self, command_id: str) -> Entry | None:
+        row = self._run(f"SELECT {_COLUMNS} FROM commands WHERE id = ?", (command_id,)).fetchone()
+        return None if row is None else _entry(row)
+
+    def receive(self, command_id: str, fingerprint: str, op: str | None, *, body: bytes | None = None,
+                reply_to: str | None = None, correlation_id: str | None = None) -> bool:
         """Record a new command; False when the id is already known."""
         now = time.time()
-        with self._lock:
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO commands (id, fingerprint, op, state, received_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)", (command_id, fingerprint, op, State.received.value, now, now))
+        cursor = self._run(
+            "INSERT OR IGNORE INTO commands (id, fingerprint, op, state, body, reply_to, correlation_id, "
+            "received_at, updated_at) VALUES (?, ?, ?, 'received', ?, ?, ?, ?, ?)",
+            (command_id, fingerprint, op, body, reply_to, correlation_id, now, now))
         return cursor.rowcount == 1
 
     def start(self, command_id: str) -> None:
-        self._set_state(command_id, State.running)
+        self._run("UPDATE commands SET state = 'running', updated_at = ? WHERE id = ?", (time.time(), command_id))
+
+    def own(self, command_id: str, owner: str) -> None:
+        """From now on the journal, not the broker, holds this unfinished command for `owner`."""
+        self._run("UPDATE commands SET owner = ?, updated_at = ? WHERE id = ? AND state != 'finished'",
+                  (owner, time.time(), command_id))
 
     def finish(self, command_id: str, fingerprint: str, result: Result) -> None:
         """Store the terminal result (inserting the row for commands rejected before being received)."""
         now = time.time()
-        body = result.model_dump_json()
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO commands (id, fingerprint, op, state, result, received_at, updated_at) "
-                "VALUES (?, ?, ?, 'finished', ?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET state = 'finished', result = excluded.result, "
-                "updated_at = excluded.updated_at",
-                (command_id, fingerprint, result.op, body, now, now))
+        self._run(
+            "INSERT INTO commands (id, fingerprint, op, state, result, received_at, updated_at) "
+            "VALUES (?, ?, ?, 'finished', ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET state = 'finished', result = excluded.result, body = NULL, "
+            "updated_at = excluded.updated_at",
+            (command_id, fingerprint, result.op, result.model_dump_json(), now, now))
 
     def mark_published(self, command_id: str) -> None:
-        with self._lock:
-            self._db.execute("UPDATE commands SET published = 1 WHERE id = ?", (command_id,))
+        self._run("UPDATE commands SET published = 1 WHERE id = ?", (command_id,))
 
-    def prune(self, older_than_seconds: float) -> int:
-        """Forget finished, published commands older than the given age; returns how many."""
+    def unpublished(self) -> list[Entry]:
+        """Finished commands whose result the broker never confirmed (the result outbox)."""
+        rows = self._run(f"SELECT {_COLUMNS} FROM commands WHERE state = 'finished' AND published = 0 "
+                         "AND result IS NOT NULL ORDER BY updated_at").fetchall()
+        return [_entry(row) for row in rows]
+
+    def orphans(self, me: str, stale_after: float) -> list[Entry]:
+        """Unfinished commands the journal owns for an owner that is gone: its heartbeat is older
+        than `stale_after` seconds, or its process no longer exists on this machine."""
+        cutoff = time.time() - stale_after
+        rows = self._run(
+            f"SELECT {', '.join('c.' + c for c in _COLUMNS.split(', '))}, o.hostname, o.pid, o.heartbeat "
+            "FROM commands c LEFT JOIN owners o ON o.owner = c.owner "
+            "WHERE c.state != 'finished' AND c.owner IS NOT NULL AND c.owner != ?", (me,)).fetchall()
+        here = socket.gethostname()
+        found = []
+        for row in rows:
+            hostname, pid, heartbeat = row[-3:]
+            gone = heartbeat is None or heartbeat < cutoff or (hostname == here and not _alive(pid))
+            if gone:
+                found.append(_entry(row[:-3]))
+        return found
+
+    def take_over(self, command_id: str, old_owner: str, new_owner: str) -> bool:
+        """Atomically move an orphan to a new owner; False when someone else was faster."""
+        cursor = self._run("UPDATE commands SET owner = ? WHERE id = ? AND owner = ? AND state != 'finished'",
+                           (new_owner, command_id, old_owner))
+        return cursor.rowcount == 1
+
+    def heartbeat(self, owner: str) -> None:
+        self._run("INSERT INTO owners (owner, hostname, pid, heartbeat) VALUES (?, ?, ?, ?) "
+                  "ON CONFLICT(owner) DO UPDATE SET heartbeat = excluded.heartbeat",
+                  (owner, socket.gethostname(), os.getpid(), time.time()))
+
+    def retire(self, owner: str) -> None:
+        """A clean stop: the owner row goes (it owns nothing unfinished any more)."""
+        self._run("DELETE FROM owners WHERE owner = ?", (owner,))
+
+    def count(self) -> int:
+        return self._run("SELECT COUNT(*) FROM commands").fetchone()[0]
+
+    def prune(self, older_than_seconds: float, keep_at_most: int | None = None) -> int:
+        """Forget finished, published commands older than the given age, and the oldest of them
+        beyond `keep_at_most` rows; returns how many went. Unfinished rows are never pruned."""
         cutoff = time.time() - older_than_seconds
-        with self._lock:
-            cursor = self._db.execute(
-                "DELETE FROM commands WHERE state = 'finished' AND published = 1 AND updated_at < ?", (cutoff,))
-        return cursor.rowcount
+        removed = self._run("DELETE FROM commands WHERE state = 'finished' AND published = 1 AND updated_at < ?",
+                            (cutoff,)).rowcount
+        if keep_at_most is not None:
+            excess = self.count() - keep_at_most
+            if excess > 0:
+                removed += self._run(
+                    "DELETE FROM commands WHERE id IN (SELECT id FROM commands WHERE state = 'finished' "
+                    "AND published = 1 ORDER BY updated_at LIMIT ?)", (excess,)).rowcount
+        self._run("DELETE FROM owners WHERE heartbeat < ?", (time.time() - 7 * 86400,))
+        return removed
 
-    def _set_state(self, command_id: str, state: State) -> None:
-        with self._lock:
-            self._db.execute("UPDATE commands SET state = ?, updated_at = ? WHERE id = ?",
-                             (state.value, time.time(), command_id))
+    # ---- event outbox ------------------------------------------------------------------------------
+
+    def park(self, exchange: str, routing_key: str, body: bytes, headers: str) -> int:
+        return self._run("INSERT INTO outbox (exchange, routing_key, body, headers, created) VALUES (?, ?, ?, ?, ?)",
+                         (exchange, routing_key, body, headers, time.time())).lastrowid
+
+    def unpark(self, seqs: list[int]) -> None:
+        if seqs:
+            with self._lock:
+                self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+
+    def parked(self) -> list[Parked]:
+        rows = self._run("SELECT seq, exchange, routing_key, body, headers FROM outbox ORDER BY seq").fetchall()
+        return [Parked(*row) for row in rows]
+
+    def trim_parked(self, keep_at_most: int) -> int:
+        """Drop the oldest parked events beyond the bound; returns how many."""
+        return self._run("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq DESC LIMIT -1 OFFSET ?)",
+                         (keep_at_most,)).rowcount
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

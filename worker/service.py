@@ -11,9 +11,16 @@
                                    v
                               ack the delivery (and answer repeats of the id as duplicates)
 
-A command is acknowledged only after its result is confirmed by the broker. A message that repeats
-a known id is answered from the journal with duplicate=true, never executed again; one that
-arrives while the first is still running waits for that run's result.
+Custody. A command is acknowledged once its result is confirmed by the broker — unless the journal
+takes custody first: long jobs (clone, wipe, upload, download) at once, any other command once it
+has been held for OWN_AFTER seconds (waiting behind a long job on its volume, say). The journal then
+keeps the command's body and reply address and the delivery is acked, so no job outlasts the
+broker's consumer timeout. Journal-owned commands whose owner died (SIGKILL, a failed host in hot
+standby) are resumed from the journal: at start and every few seconds after.
+
+A message that repeats a known id is answered from the journal with duplicate=true, never executed
+again; one that arrives while the first is still running waits for that run's result. Results the
+broker never confirmed (the process died first) are published again at start.
 """
 
 from __future__ import annotations
@@ -21,26 +28,31 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
-
-from pika.spec import BasicProperties
 
 from messages.command import Command, CommandRejected, Undecodable, decode
 from messages.operations import OPERATIONS
 from messages.payloads import JobCancelState
 from messages.results import ErrorCode, Result, Status
 from messages.topology import Topology
-from worker.amqp.link import AmqpLink, Delivery, Outgoing
+from messages.volumes import NoArgs
+from worker.amqp.link import AmqpLink, Delivery
 from worker.claims import claims_for
 from worker.events import utcnow
 from worker.execution import Runner, error_result, make_result
-from worker.journal import Journal, State
+from worker.journal import Entry, Journal, State
+from worker.publishing import ResultPublisher, countdown
 from worker.scheduler import Job, Scheduler
 
 log = logging.getLogger(__name__)
 
-REASON_HEADER = "x-storage-worker-reason"
+OWN_AFTER = 60.0  # seconds a command may keep its delivery unacknowledged (consumer timeout: 30 min)
+HEARTBEAT = 2.0
+STALE_AFTER = 15.0  # an owner whose heartbeat is older is dead
+RETENTION = 7 * 86400.0
+MAX_ROWS = 1_000_000
 
 
 @dataclass
@@ -48,8 +60,11 @@ class InFlight:
     """A command this process is executing, and every delivery that waits for its result."""
 
     command: Command
-    delivery: Delivery
     received_at: datetime
+    reply_to: str | None
+    correlation_id: str | None
+    delivery: Delivery | None = None  # None once acked (journal custody) or when resumed from the journal
+    held_since: float = field(default_factory=time.monotonic)
     repeats: list[Delivery] = field(default_factory=list)
 
 
@@ -61,57 +76,111 @@ def _correlation(delivery: Delivery, command_id: str | None) -> str | None:
     return delivery.properties.correlation_id or command_id
 
 
+_RECOVER = object()  # at start: publish unconfirmed results, resume orphans
+_ORPHANS = object()  # later: resume orphans only
+_STOP = object()
+
+
 class CommandService:
     def __init__(self, *, topology: Topology, link: AmqpLink, journal: Journal, scheduler: Scheduler,
-                 runner: Runner):
+                 runner: Runner, owner: str, own_after: float = OWN_AFTER):
         self._topology = topology
         self._link = link
         self._journal = journal
         self._scheduler = scheduler
         self._runner = runner
+        self._owner = owner
+        self._own_after = own_after
+        self._results = ResultPublisher(link, topology)
         self._host = topology.host
         self._inflight: dict[str, InFlight] = {}
         self._lock = threading.Lock()
-        self._intake: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
+        self._intake: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._intake_loop, name="intake", daemon=True)
+        self._custodian = threading.Thread(target=self._custody_loop, name="custody", daemon=True)
+        self._stopping = threading.Event()
 
     def start(self) -> None:
+        """Recovery runs first on the intake thread, before any delivery is looked at."""
+        self._journal.heartbeat(self._owner)
+        self._intake.put(_RECOVER)
         self._thread.start()
+        self._custodian.start()
 
     def on_delivery(self, delivery: Delivery) -> None:
         """Called on the I/O thread: hand over and return at once."""
         self._intake.put(delivery)
 
     def stop_intake(self) -> None:
-        self._intake.put(None)
+        self._stopping.set()
+        self._intake.put(_STOP)
         self._thread.join(timeout=10)
+        self._custodian.join(timeout=10)
 
     def requeue_unstarted(self) -> int:
-        """Give every command that never started back to the queue (graceful shutdown)."""
+        """Give every command that never started back to the queue (graceful shutdown); the ones
+        the journal owns stay there and are resumed at the next start."""
         unstarted = self._scheduler.drain()
         for job in unstarted:
             with self._lock:
                 flight = self._inflight.pop(job.id, None)
             if flight is not None:
                 for delivery in [flight.delivery, *flight.repeats]:
-                    self._link.requeue(delivery)
+                    if delivery is not None:
+                        self._link.requeue(delivery)
         return len(unstarted)
 
-    # ---- intake --------------------------------------------------------------------------------
+    def retire(self) -> None:
+        """A clean stop: this owner row goes; anything it still owns is an orphan for the next start."""
+        self._journal.retire(self._owner)
+
+    # ---- intake thread -----------------------------------------------------------------------------
 
     def _intake_loop(self) -> None:
         while True:
-            delivery = self._intake.get()
-            if delivery is None:
+            item = self._intake.get()
+            if item is _STOP:
                 return
+            if item is _RECOVER:
+                self._recover()
+                continue
+            if item is _ORPHANS:
+                self._resume_orphans()
+                continue
             try:
-                self._accept(delivery)
+                self._accept(item)
             except Exception:
                 # Our own bug: give the message back; the queue's delivery limit dead-letters it if it
                 # keeps failing, so one poison message cannot stall the worker.
                 log.exception("intake failed; returning the message to the queue",
-                              extra={"delivery_tag": delivery.delivery_tag})
-                self._link.requeue(delivery)
+                              extra={"delivery_tag": item.delivery_tag})
+                self._link.requeue(item)
+
+    def _recover(self) -> None:
+        for entry in self._journal.unpublished():
+            with self._lock:
+                self._inflight[entry.id] = InFlight(command=_placeholder(entry), received_at=entry.result.received_at,
+                                                    reply_to=entry.reply_to, correlation_id=entry.correlation_id)
+            log.info("publishing a result the broker never confirmed", extra={"command_id": entry.id})
+            self._results.publish(entry.result, entry.reply_to, entry.correlation_id,
+                                  then=lambda command_id=entry.id: self._settled(command_id))
+        self._resume_orphans()
+
+    def _resume_orphans(self) -> None:
+        for entry in self._journal.orphans(self._owner, STALE_AFTER):
+            if entry.body is None or not self._journal.take_over(entry.id, entry.owner, self._owner):
+                continue
+            with self._lock:
+                if entry.id in self._inflight:
+                    continue
+            try:
+                command = decode(entry.body)
+            except (Undecodable, CommandRejected):
+                continue  # only commands that decoded were ever owned
+            log.info("resuming a command its owner left unfinished",
+                     extra={"command_id": command.id, "op": command.op, "previous_owner": entry.owner})
+            self._schedule(InFlight(command=command, received_at=utcnow(), reply_to=entry.reply_to,
+                                    correlation_id=entry.correlation_id))
 
     def _accept(self, delivery: Delivery) -> None:
         received_at = utcnow()
@@ -132,21 +201,31 @@ class CommandService:
                          f"the deadline {command.deadline.isoformat()} passed before the command was received "
                          f"at {received_at.isoformat()}", received_at)
             return
-        self._journal.receive(command.id, command.fingerprint, command.op)
+        reply_to, correlation_id = _reply_to(delivery), _correlation(delivery, command.id)
+        self._journal.receive(command.id, command.fingerprint, command.op, body=delivery.body, reply_to=reply_to,
+                              correlation_id=correlation_id)
         if command.op == "job.cancel":
             self._cancel(delivery, command, received_at)
             return
+        flight = InFlight(command=command, received_at=received_at, reply_to=reply_to,
+                          correlation_id=correlation_id, delivery=delivery)
+        if OPERATIONS[command.op].long_running:
+            self._take_custody(flight)
+        self._schedule(flight)
+
+    def _schedule(self, flight: InFlight) -> None:
+        command = flight.command
         with self._lock:
-            self._inflight[command.id] = InFlight(command=command, delivery=delivery, received_at=received_at)
-        job = Job(id=command.id, claims=claims_for(command), run=self._execute)
-        if not self._scheduler.submit(job):
+            self._inflight[command.id] = flight
+        if not self._scheduler.submit(Job(id=command.id, claims=claims_for(command), run=self._execute)):
             with self._lock:
                 self._inflight.pop(command.id, None)
-            self._link.requeue(delivery)
+            if flight.delivery is not None:
+                self._link.requeue(flight.delivery)
 
     def _answered_from_journal(self, delivery: Delivery, command_id: str, fingerprint: str,
                                op: str | None) -> bool:
-        """Handle a message whose id is known; False when the id is new."""
+        """Handle a message whose id is known; False when the id is new (or must run again)."""
         with self._lock:
             flight = self._inflight.get(command_id)
             if flight is not None and flight.command.fingerprint == fingerprint:
@@ -156,19 +235,17 @@ class CommandService:
         if entry is None:
             return False
         if entry.fingerprint != fingerprint:
-            self._answer_only(delivery, error_result(
-                command_id, op, self._host, Status.rejected, ErrorCode.conflict,
-                f"command id {command_id!r} was already used for {entry.op} with other arguments; "
-                f"send a new id for a new command", utcnow()))
+            conflict = error_result(command_id, op, self._host, Status.rejected, ErrorCode.conflict,
+                                    f"command id {command_id!r} was already used for {entry.op} with other "
+                                    f"arguments; send a new id for a new command", utcnow())
+            self._results.answer_only(conflict, _reply_to(delivery), _correlation(delivery, command_id),
+                                      then=lambda: self._link.ack(delivery))
             return True
         if entry.state is State.finished and entry.result is not None:
-            if entry.published:
-                self._answer_only(delivery, entry.result.model_copy(update={"duplicate": True}))
-            else:
-                # The result was stored but never confirmed by the broker: the world has not seen it.
-                self._publish_result(entry.result, delivery, then=lambda: self._settled_stored(command_id, delivery))
+            self._results.answer_only(entry.result.model_copy(update={"duplicate": True}), _reply_to(delivery),
+                                      _correlation(delivery, command_id), then=lambda: self._link.ack(delivery))
             return True
-        return False  # received or running in an earlier process: run it again (handlers converge)
+        return False  # received or running in a process that died before owning it: run it again
 
     def _undecodable(self, delivery: Delivery, reason: str, received_at: datetime) -> None:
         """Not a command at all: answer reply_to if any, record on the results exchange, dead-letter."""
@@ -176,19 +253,9 @@ class CommandService:
         log.warning("undecodable message dead-lettered", extra={"reason": reason, "message_id": message_id})
         result = error_result(message_id, None, self._host, Status.rejected, ErrorCode.invalid,
                               f"the message cannot be read as a command: {reason}", received_at)
-        pending = _Countdown(2 + bool(_reply_to(delivery)), lambda: self._link.ack(delivery))
-        self._publish(self._topology.results_exchange, result.routing_key(), result, None, pending.tick)
-        if _reply_to(delivery):
-            self._publish("", _reply_to(delivery), result, _correlation(delivery, message_id), pending.tick)
-        headers = dict(delivery.properties.headers or {})
-        headers[REASON_HEADER] = reason
-        props = delivery.properties
-        dead = BasicProperties(content_type=props.content_type, content_encoding=props.content_encoding,
-                               headers=headers, delivery_mode=2, correlation_id=props.correlation_id,
-                               reply_to=props.reply_to, message_id=props.message_id, timestamp=props.timestamp,
-                               type=props.type, app_id=props.app_id)
-        self._link.publish(Outgoing(self._topology.dead_letter_exchange, delivery.routing_key, delivery.body,
-                                    dead, pending.tick))
+        done = countdown(2, lambda: self._link.ack(delivery))
+        self._results.publish(result, _reply_to(delivery), _correlation(delivery, message_id), then=done)
+        self._results.dead_letter(delivery, reason, then=done)
 
     def _reject(self, delivery: Delivery, command_id: str, op: str | None, fingerprint: str, code: ErrorCode,
                 reason: str, received_at: datetime) -> None:
@@ -196,7 +263,8 @@ class CommandService:
                                             "reason": reason})
         result = error_result(command_id, op, self._host, Status.rejected, code, reason, received_at)
         self._journal.finish(command_id, fingerprint, result)
-        self._publish_result(result, delivery, then=lambda: self._settled_stored(command_id, delivery))
+        self._results.publish(result, _reply_to(delivery), _correlation(delivery, command_id),
+                              then=lambda: self._settled_alone(command_id, delivery))
 
     def _cancel(self, delivery: Delivery, command: Command, received_at: datetime) -> None:
         """job.cancel runs on the intake thread: it touches only the scheduler and the journal."""
@@ -210,8 +278,7 @@ class CommandService:
             target = flight.command
             cancelled = error_result(target.id, target.op, self._host, Status.cancelled, ErrorCode.cancelled,
                                      f"cancelled by job.cancel {command.id!r} before it started", flight.received_at)
-            self._journal.finish(target.id, target.fingerprint, cancelled)
-            self._publish_result(cancelled, flight.delivery, then=lambda: self._settled(target.id))
+            self._finish(flight, cancelled)
         elif (job := self._scheduler.find(target_id)) is not None:
             with self._lock:
                 target_op = self._inflight[target_id].command.op
@@ -234,7 +301,44 @@ class CommandService:
                                  received_at=received_at, started_at=received_at, attempts=1,
                                  payload=JobCancelState(id=target_id, state=state).model_dump(mode="json"))
         self._journal.finish(command.id, command.fingerprint, result)
-        self._publish_result(result, delivery, then=lambda: self._settled_stored(command.id, delivery))
+        self._results.publish(result, _reply_to(delivery), _correlation(delivery, command.id),
+                              then=lambda: self._settled_alone(command.id, delivery))
+
+    # ---- custody -------------------------------------------------------------------------------------
+
+    def _take_custody(self, flight: InFlight) -> None:
+        """The journal owns the command from now on; its delivery is acknowledged."""
+        delivery = flight.delivery
+        if delivery is None:
+            return
+        self._journal.own(flight.command.id, self._owner)
+        flight.delivery = None
+        self._link.ack(delivery)
+
+    def _custody_loop(self) -> None:
+        """Heartbeat; take custody of commands held too long; resume orphans of dead owners."""
+        last_orphan_scan = last_prune = time.monotonic()
+        while not self._stopping.wait(HEARTBEAT):
+            try:
+                self._journal.heartbeat(self._owner)
+                now = time.monotonic()
+                with self._lock:
+                    overdue = [f for f in self._inflight.values()
+                               if f.delivery is not None and now - f.held_since >= self._own_after]
+                for flight in overdue:
+                    with self._lock:
+                        if self._inflight.get(flight.command.id) is not flight:
+                            continue
+                        self._take_custody(flight)
+                if now - last_orphan_scan >= STALE_AFTER / 3:
+                    last_orphan_scan = now
+                    if self._journal.orphans(self._owner, STALE_AFTER):
+                        self._intake.put(_ORPHANS)
+                if now - last_prune >= 3600:
+                    last_prune = now
+                    self._journal.prune(RETENTION, MAX_ROWS)
+            except Exception:
+                log.exception("custody pass failed")
 
     # ---- execution (executor threads) --------------------------------------------------------------
 
@@ -253,59 +357,34 @@ class CommandService:
                                       cancel=job.cancel_requested)
         log.info("command finished", extra={"command_id": command.id, "op": command.op,
                                             "status": result.status.value, "attempts": result.attempts})
-        self._journal.finish(command.id, command.fingerprint, result)
-        self._publish_result(result, flight.delivery, then=lambda: self._settled(command.id))
+        self._finish(flight, result)
+
+    def _finish(self, flight: InFlight, result: Result) -> None:
+        self._journal.finish(flight.command.id, flight.command.fingerprint, result)
+        self._results.publish(result, flight.reply_to, flight.correlation_id,
+                              then=lambda: self._settled(flight.command.id))
 
     def _settled(self, command_id: str) -> None:
         """The result is confirmed: ack the command and answer the repeats that waited for it."""
         self._journal.mark_published(command_id)
         with self._lock:
             flight = self._inflight.pop(command_id)
-        self._link.ack(flight.delivery)
-        entry = self._journal.get(command_id)
-        for repeat in flight.repeats:
-            assert entry is not None and entry.result is not None
-            self._answer_only(repeat, entry.result.model_copy(update={"duplicate": True}))
+            delivery = flight.delivery
+        if delivery is not None:
+            self._link.ack(delivery)
+        if flight.repeats:
+            entry = self._journal.get(command_id)
+            duplicate = entry.result.model_copy(update={"duplicate": True})
+            for repeat in flight.repeats:
+                self._results.answer_only(duplicate, _reply_to(repeat), _correlation(repeat, command_id),
+                                          then=lambda r=repeat: self._link.ack(r))
 
-    def _settled_stored(self, command_id: str, delivery: Delivery) -> None:
+    def _settled_alone(self, command_id: str, delivery: Delivery) -> None:
         self._journal.mark_published(command_id)
         self._link.ack(delivery)
 
-    # ---- publishing ----------------------------------------------------------------------------------
 
-    def _publish_result(self, result: Result, delivery: Delivery, *, then) -> None:
-        """To the results exchange and the command's reply_to; `then` runs once both are confirmed."""
-        reply_to = _reply_to(delivery)
-        pending = _Countdown(1 + bool(reply_to), then)
-        self._publish(self._topology.results_exchange, result.routing_key(), result, None, pending.tick)
-        if reply_to:
-            self._publish("", reply_to, result, _correlation(delivery, result.id), pending.tick)
-
-    def _answer_only(self, delivery: Delivery, result: Result) -> None:
-        """A duplicate or an id conflict: to reply_to only (the results exchange saw the original)."""
-        reply_to = _reply_to(delivery)
-        if not reply_to:
-            self._link.ack(delivery)
-            return
-        self._publish("", reply_to, result, _correlation(delivery, result.id), lambda: self._link.ack(delivery))
-
-    def _publish(self, exchange: str, routing_key: str, result: Result, correlation_id: str | None,
-                 on_confirmed) -> None:
-        properties = BasicProperties(content_type="application/json", delivery_mode=2,
-                                     correlation_id=correlation_id, message_id=result.id,
-                                     type="result", app_id="storage-worker")
-        body = result.model_dump_json().encode()
-        self._link.publish(Outgoing(exchange, routing_key, body, properties, on_confirmed))
-
-
-class _Countdown:
-    """Runs `then` after `count` confirmations (all on the I/O thread, so no lock is needed)."""
-
-    def __init__(self, count: int, then):
-        self._left = count
-        self._then = then
-
-    def tick(self) -> None:
-        self._left -= 1
-        if self._left == 0:
-            self._then()
+def _placeholder(entry: Entry) -> Command:
+    """What stands in the in-flight table for a stored result being published again: enough to
+    absorb a redelivery of the same id."""
+    return Command(id=entry.id, op=entry.op or "", args=NoArgs(), fingerprint=entry.fingerprint)

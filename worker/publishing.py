@@ -1,0 +1,75 @@
+"""Publishing results (CONTRACT §4): to the results exchange and the command's reply_to, persistent
+and confirmed; and copies of undecodable messages to the dead-letter exchange."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pika.spec import BasicProperties
+
+from messages.results import Result
+from messages.topology import Topology
+from worker.amqp.link import AmqpLink, Delivery, Outgoing
+
+REASON_HEADER = "x-storage-worker-reason"
+
+
+class _Countdown:
+    """Runs `then` after `count` confirmations (all on the I/O thread, so no lock is needed)."""
+
+    def __init__(self, count: int, then: Callable[[], None]):
+        self._left = count
+        self._then = then
+
+    def tick(self) -> None:
+        self._left -= 1
+        if self._left == 0:
+            self._then()
+
+
+class ResultPublisher:
+    def __init__(self, link: AmqpLink, topology: Topology):
+        self._link = link
+        self._topology = topology
+
+    def publish(self, result: Result, reply_to: str | None, correlation_id: str | None,
+                then: Callable[[], None]) -> None:
+        """To the results exchange and `reply_to`; `then` runs (on the I/O thread) once both are
+        confirmed by the broker."""
+        pending = _Countdown(1 + bool(reply_to), then)
+        self._send(self._topology.results_exchange, result.routing_key(), result, None, pending.tick)
+        if reply_to:
+            self._send("", reply_to, result, correlation_id or result.id, pending.tick)
+
+    def answer_only(self, result: Result, reply_to: str | None, correlation_id: str | None,
+                    then: Callable[[], None]) -> None:
+        """A duplicate or an id conflict: to reply_to only (the results exchange saw the original)."""
+        if not reply_to:
+            then()
+            return
+        self._send("", reply_to, result, correlation_id or result.id, then)
+
+    def dead_letter(self, delivery: Delivery, reason: str, then: Callable[[], None]) -> None:
+        """A copy of an undecodable message to the dead-letter exchange, saying why in a header."""
+        props = delivery.properties
+        headers = dict(props.headers or {})
+        headers[REASON_HEADER] = reason
+        dead = BasicProperties(content_type=props.content_type, content_encoding=props.content_encoding,
+                               headers=headers, delivery_mode=2, correlation_id=props.correlation_id,
+                               reply_to=props.reply_to, message_id=props.message_id, timestamp=props.timestamp,
+                               type=props.type, app_id=props.app_id)
+        self._link.publish(Outgoing(self._topology.dead_letter_exchange, delivery.routing_key, delivery.body,
+                                    dead, then))
+
+    def _send(self, exchange: str, routing_key: str, result: Result, correlation_id: str | None,
+              on_confirmed: Callable[[], None]) -> None:
+        properties = BasicProperties(content_type="application/json", delivery_mode=2,
+                                     correlation_id=correlation_id, message_id=result.id,
+                                     type="result", app_id="storage-worker")
+        self._link.publish(Outgoing(exchange, routing_key, result.model_dump_json().encode(), properties,
+                                    on_confirmed))
+
+
+def countdown(count: int, then: Callable[[], None]) -> Callable[[], None]:
+    """A callback that runs `then` on its `count`-th call."""
+    return _Countdown(count, then).tick
