@@ -62,7 +62,7 @@ class Worker:
         self.owner = new_owner_id()
         self.service = CommandService(topology=topology, link=self.link, journal=self.journal,
                                       scheduler=self.scheduler, runner=runner, owner=self.owner,
-                                      own_after=settings.own_after)
+                                      own_after=settings.own_after, resume_limit=settings.delivery_limit)
 
     def _on_libvirt_connect(self, conn: Any) -> None:
         self.monitor.on_connect(conn)

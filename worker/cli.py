@@ -1,4 +1,4 @@
-"""The operator interface (CONTRACT §7): storage-worker run | call | events | schema."""
+"""The operator interface (CONTRACT §7): storage-worker run | call | events | dead | schema."""
 
 from __future__ import annotations
 
@@ -148,6 +148,38 @@ def cmd_events(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dead(ns: argparse.Namespace) -> int:
+    from worker.deadletters import DeadLetters
+
+    settings = _load(ns)
+    dead = DeadLetters(settings.amqp_url.get_secret_value(), settings.topology)
+    try:
+        if ns.action == "list":
+            letters = dead.list()
+            for letter in letters:
+                if ns.json:
+                    print(json.dumps({"command_id": letter.command_id, "message_id": letter.message_id,
+                                      "routing_key": letter.routing_key, "reason": letter.reason,
+                                      "body": letter.body.decode("utf-8", "replace")}))
+                else:
+                    print(f"{letter.command_id or letter.message_id or '-'}\t{letter.routing_key}\t{letter.reason}")
+            if not letters and not ns.json:
+                print(f"{settings.topology.dead_letter_queue} is empty", file=sys.stderr)
+            return 0
+        if ns.id is None:
+            print("storage-worker dead replay: give the command id (or message id) to replay", file=sys.stderr)
+            return 1
+        replayed = dead.replay(ns.id)
+        if replayed is None:
+            print(f"storage-worker dead replay: no message with id {ns.id!r} in "
+                  f"{settings.topology.dead_letter_queue}", file=sys.stderr)
+            return 1
+        print(f"replayed {ns.id} to {settings.topology.commands_exchange} with routing key {replayed.routing_key}")
+        return 0
+    finally:
+        dead.close()
+
+
 def cmd_schema(ns: argparse.Namespace) -> int:
     from messages.schema import json_schema
 
@@ -185,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="topic pattern on <host>.<event>, e.g. '*.volume.*' (default: everything)")
     events.add_argument("--json", action="store_true", help="print each event's JSON body")
     events.set_defaults(func=cmd_events)
+
+    dead = sub.add_parser("dead", help="list or replay dead-lettered messages")
+    common(dead)
+    dead.add_argument("action", choices=["list", "replay"])
+    dead.add_argument("id", nargs="?", help="with replay: the command id (or AMQP message id) to send again")
+    dead.add_argument("--json", action="store_true", help="with list: one JSON object per message")
+    dead.set_defaults(func=cmd_dead)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the contract")
     schema.set_defaults(func=cmd_schema)

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     policy_file: Path | None = None
     retry_attempts: int = Field(5, ge=1, description="tries of an operation that meets transient errors")
     retry_max_seconds: float = Field(60, gt=0, description="total time an operation may spend retrying")
+    busy_wait: float = Field(600, ge=0, description="seconds an operation waits out libvirt being busy with "
+                                                    "another job on the same pool or volume")
     libvirt_wait: float = Field(60, ge=0, description="seconds a command waits for an unreachable libvirt "
                                                        "(never past its deadline)")
     own_after: float = Field(60, ge=0, description="seconds a command may hold its delivery unacknowledged "

@@ -49,7 +49,8 @@ class Runner:
         self._inventory = inventory
         self._attribution = attribution
         self._touch = touch
-        self._policy = RetryPolicy(settings.retry_attempts, settings.retry_max_seconds)
+        self._policy = RetryPolicy(settings.retry_attempts, settings.retry_max_seconds,
+                                   busy_seconds=settings.busy_wait)
 
     def _wait_for_libvirt(self, command: Command) -> None:
         """While libvirt is unreachable, wait for the gateway to reconnect: up to LIBVIRT_WAIT, and

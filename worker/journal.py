@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS commands (
     reply_to       TEXT,
     correlation_id TEXT,
     owner          TEXT,
+    resumes        INTEGER NOT NULL DEFAULT 0,
     received_at    REAL NOT NULL,
     updated_at     REAL NOT NULL
 );
@@ -77,6 +78,7 @@ class Entry:
     correlation_id: str | None = None
     owner: str | None = None
     body: bytes | None = None
+    resumes: int = 0
 
 
 @dataclass(frozen=True)
@@ -90,13 +92,13 @@ class Parked:
     headers: str
 
 
-_COLUMNS = "id, fingerprint, op, state, result, published, reply_to, correlation_id, owner, body"
+_COLUMNS = "id, fingerprint, op, state, result, published, reply_to, correlation_id, owner, body, resumes"
 
 
 def _entry(row: tuple) -> Entry:
     return Entry(id=row[0], fingerprint=row[1], op=row[2], state=State(row[3]),
                  result=Result.model_validate_json(row[4]) if row[4] else None, published=bool(row[5]),
-                 reply_to=row[6], correlation_id=row[7], owner=row[8], body=row[9])
+                 reply_to=row[6], correlation_id=row[7], owner=row[8], body=row[9], resumes=row[10])
 
 
 def new_owner_id() -> str:
@@ -184,9 +186,10 @@ class Journal:
         return found
 
     def take_over(self, command_id: str, old_owner: str, new_owner: str) -> bool:
-        """Atomically move an orphan to a new owner; False when someone else was faster."""
-        cursor = self._run("UPDATE commands SET owner = ? WHERE id = ? AND owner = ? AND state != 'finished'",
-                           (new_owner, command_id, old_owner))
+        """Atomically move an orphan to a new owner, counting the resume; False when someone else
+        was faster."""
+        cursor = self._run("UPDATE commands SET owner = ?, resumes = resumes + 1 "
+                           "WHERE id = ? AND owner = ? AND state != 'finished'", (new_owner, command_id, old_owner))
         return cursor.rowcount == 1
 
     def heartbeat(self, owner: str) -> None:

@@ -61,6 +61,15 @@ class ResultPublisher:
         self._link.publish(Outgoing(self._topology.dead_letter_exchange, delivery.routing_key, delivery.body,
                                     dead, then))
 
+    def dead_letter_body(self, body: bytes, *, message_id: str, reply_to: str | None, correlation_id: str | None,
+                         reason: str, then: Callable[[], None]) -> None:
+        """A command the journal held (no delivery any more) to the dead-letter exchange."""
+        properties = BasicProperties(content_type="application/json", delivery_mode=2, message_id=message_id,
+                                     reply_to=reply_to, correlation_id=correlation_id,
+                                     headers={REASON_HEADER: reason})
+        self._link.publish(Outgoing(self._topology.dead_letter_exchange, self._topology.command_routing_key,
+                                    body, properties, then))
+
     def _send(self, exchange: str, routing_key: str, result: Result, correlation_id: str | None,
               on_confirmed: Callable[[], None]) -> None:
         properties = BasicProperties(content_type="application/json", delivery_mode=2,

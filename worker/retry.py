@@ -1,9 +1,12 @@
 """Retrying operations that meet transient errors (DESIGN: errors and retries).
 
 An explicit budget: at most `attempts` tries, and no new try once `max_seconds` have passed since
-the first failure (so an hour-long upload that fails at its end still gets its retries). Waits are
-jittered and exponential. A permanent error is never retried. A lost libvirt connection is
-forgotten before the next try, which opens a new one.
+the first failure (so an hour-long upload that fails at its end still gets its retries). libvirt
+being busy ("pool has asynchronous jobs running", "volume is still in use" by a wipe libvirtd goes on
+with after a worker died) is different: it lasts as long as that other job, so it is waited out for
+up to `busy_seconds` whatever the number of tries. Waits are jittered and exponential. A permanent
+error is never retried. A lost libvirt connection is forgotten before the next try, which opens a
+new one.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import TypeVar
 import libvirt
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
+from messages.results import ErrorCode
 from worker.errors import OperationError
 from worker.virt.errors import classify
 
@@ -22,9 +26,10 @@ T = TypeVar("T")
 
 
 class _Budget:
-    def __init__(self, attempts: int, max_seconds: float):
+    def __init__(self, attempts: int, max_seconds: float, busy_seconds: float):
         self.attempts = attempts
         self.max_seconds = max_seconds
+        self.busy_seconds = busy_seconds
         self.first_failure: float | None = None
 
     def __call__(self, state: RetryCallState) -> bool:
@@ -32,8 +37,11 @@ class _Budget:
         if self.first_failure is None:
             self.first_failure = now
         # tenacity computes the wait before asking us: the next try would start after it.
-        next_try = now + (state.upcoming_sleep or 0.0)
-        return state.attempt_number >= self.attempts or next_try - self.first_failure >= self.max_seconds
+        spent = now + (state.upcoming_sleep or 0.0) - self.first_failure
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, OperationError) and error.code is ErrorCode.busy:
+            return spent >= self.busy_seconds
+        return state.attempt_number >= self.attempts or spent >= self.max_seconds
 
 
 def _retryable(error: BaseException) -> bool:
@@ -41,9 +49,11 @@ def _retryable(error: BaseException) -> bool:
 
 
 class RetryPolicy:
-    def __init__(self, attempts: int, max_seconds: float, *, min_wait: float = 0.2, max_wait: float = 10.0):
+    def __init__(self, attempts: int, max_seconds: float, *, busy_seconds: float | None = None,
+                 min_wait: float = 0.2, max_wait: float = 10.0):
         self.attempts = attempts
         self.max_seconds = max_seconds
+        self.busy_seconds = max_seconds if busy_seconds is None else busy_seconds
         self.min_wait = min_wait
         self.max_wait = max_wait
 
@@ -68,7 +78,7 @@ class RetryPolicy:
                 if on_retry is not None:
                     on_retry(error, state.attempt_number)
 
-        retrying = Retrying(stop=_Budget(self.attempts, self.max_seconds),
+        retrying = Retrying(stop=_Budget(self.attempts, self.max_seconds, self.busy_seconds),
                             wait=wait_random_exponential(multiplier=self.min_wait, max=self.max_wait),
                             retry=retry_if_exception(_retryable), before_sleep=before_sleep, reraise=True)
         tries = 0

@@ -83,7 +83,7 @@ _STOP = object()
 
 class CommandService:
     def __init__(self, *, topology: Topology, link: AmqpLink, journal: Journal, scheduler: Scheduler,
-                 runner: Runner, owner: str, own_after: float = OWN_AFTER):
+                 runner: Runner, owner: str, own_after: float = OWN_AFTER, resume_limit: int = 5):
         self._topology = topology
         self._link = link
         self._journal = journal
@@ -91,6 +91,7 @@ class CommandService:
         self._runner = runner
         self._owner = owner
         self._own_after = own_after
+        self._resume_limit = resume_limit
         self._results = ResultPublisher(link, topology)
         self._host = topology.host
         self._inflight: dict[str, InFlight] = {}
@@ -177,10 +178,29 @@ class CommandService:
                 command = decode(entry.body)
             except (Undecodable, CommandRejected):
                 continue  # only commands that decoded were ever owned
+            flight = InFlight(command=command, received_at=utcnow(), reply_to=entry.reply_to,
+                              correlation_id=entry.correlation_id)
+            if entry.resumes + 1 > self._resume_limit:
+                self._give_up(flight, entry)
+                continue
             log.info("resuming a command its owner left unfinished",
                      extra={"command_id": command.id, "op": command.op, "previous_owner": entry.owner})
-            self._schedule(InFlight(command=command, received_at=utcnow(), reply_to=entry.reply_to,
-                                    correlation_id=entry.correlation_id))
+            self._schedule(flight)
+
+    def _give_up(self, flight: InFlight, entry: Entry) -> None:
+        """A journal-held command whose runs keep dying with the worker: like a poison message that
+        reached the queue's delivery limit, it fails and a copy goes to the dead-letter exchange."""
+        reason = (f"the worker stopped {entry.resumes + 1} times while running this command; "
+                  f"it is not run again (limit {self._resume_limit})")
+        log.error("giving up a command that keeps dying with the worker", extra={"command_id": entry.id})
+        command = flight.command
+        result = error_result(command.id, command.op, self._host, Status.failed, ErrorCode.internal, reason,
+                              flight.received_at)
+        with self._lock:
+            self._inflight[command.id] = flight
+        self._results.dead_letter_body(entry.body, message_id=command.id, reply_to=entry.reply_to,
+                                       correlation_id=entry.correlation_id, reason=reason, then=lambda: None)
+        self._finish(flight, result)
 
     def _accept(self, delivery: Delivery) -> None:
         received_at = utcnow()

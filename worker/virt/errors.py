@@ -50,7 +50,10 @@ _CONNECTION_CODES = {
 _CONNECTION_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
 
 # INTERNAL_ERROR and OPERATION_INVALID carry several distinct conditions; the message tells them apart.
-_BUSY_MESSAGES = ("has asynchronous jobs running", "is still being allocated", "is starting up")
+# "is still in use": libvirtd itself still runs an earlier wipe or clone of the volume, e.g. one
+# whose worker was killed (libvirtd finishes what it started).
+_BUSY_MESSAGES = ("has asynchronous jobs running", "is still being allocated", "is starting up",
+                  "is still in use")
 # Generic codes under which libvirt also says "it exists": the daemon reports a clone onto an
 # existing name as INTERNAL_ERROR "storage volume name 'x' already in use.", a duplicate pool as
 # OPERATION_FAILED "pool 'p' already exists with uuid ...", the test driver an existing volume as
