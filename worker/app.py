@@ -17,11 +17,13 @@ from worker.attribution import Attribution
 from worker.events import EventPublisher, worker_data
 from worker.execution import Runner
 from worker.inventory import Inventory
+from worker.health import HealthServer
 from worker.journal import Journal, new_owner_id
+from worker.metrics import Metrics
 from worker.monitor import Monitor
 from worker.scheduler import Scheduler
 from worker.service import CommandService
-from worker.virt.gateway import LibvirtGateway
+from worker.virt.gateway import LibvirtGateway, event_loop_thread
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,8 @@ class Worker:
                          single_active_consumer=settings.single_active_consumer),
             queue=topology.command_queue, prefetch=settings.prefetch, on_delivery=self._on_delivery,
             event_buffer=settings.event_buffer, on_fatal=self._on_fatal)
-        self.events = EventPublisher(self.link, topology, self.journal, settings.event_buffer)
+        self.metrics = Metrics()
+        self.events = EventPublisher(self.link, topology, self.journal, settings.event_buffer, self.metrics)
         self.inventory = Inventory()
         self.attribution = Attribution()
         self.gateway = LibvirtGateway(settings.libvirt_uri, on_connect=self._on_libvirt_connect,
@@ -58,11 +61,35 @@ class Worker:
         self.monitor = Monitor(settings, self.gateway, self.events, self.inventory, self.attribution,
                                busy_volumes=self.scheduler.held_volumes)
         runner = Runner(settings, self.gateway, self.events, inventory=self.inventory,
-                        attribution=self.attribution, touch=self.monitor.touch)
+                        attribution=self.attribution, touch=self.monitor.touch, metrics=self.metrics)
         self.owner = new_owner_id()
         self.service = CommandService(topology=topology, link=self.link, journal=self.journal,
-                                      scheduler=self.scheduler, runner=runner, owner=self.owner,
+                                      scheduler=self.scheduler, runner=runner, owner=self.owner, metrics=self.metrics,
                                       own_after=settings.own_after, resume_limit=settings.delivery_limit)
+        self.metrics.watch(in_flight=self.service.in_flight, broker_connected=lambda: self.link.is_ready,
+                           libvirt_connected=lambda: self.gateway.connected, journal_commands=self.journal.count,
+                           events_dropped=lambda: self.link.dropped_events,
+                           pools=lambda: self.inventory.pools().values())
+        self.health = HealthServer(settings.metrics_port, self.metrics.registry, alive=self.dead_threads,
+                                   ready=self.unready_parts) if settings.metrics_port else None
+
+    def dead_threads(self) -> list[str]:
+        """/healthz: every thread the worker needs must be alive."""
+        threads = [*self.link.threads, *self.service.threads, *self.scheduler.threads, *self.monitor.threads,
+                   event_loop_thread()]
+        return [f"thread {t.name if t else 'libvirt-events'} is not running" for t in threads
+                if t is None or not t.is_alive()]
+
+    def unready_parts(self) -> list[str]:
+        """/readyz: the worker can take commands now."""
+        problems = []
+        if self._stopping:
+            problems.append("the worker is stopping")
+        if not self.link.is_ready:
+            problems.append("the broker channels are not open")
+        if not self.gateway.connected:
+            problems.append(f"libvirt at {self.settings.libvirt_uri} is not connected")
+        return problems
 
     def _on_libvirt_connect(self, conn: Any) -> None:
         self.monitor.on_connect(conn)
@@ -83,6 +110,8 @@ class Worker:
 
     def start(self, ready_timeout: float = 30.0) -> None:
         """Start every thread; returns once the worker consumes commands."""
+        if self.health is not None:
+            self.health.start()
         self.events.replay_parked()
         self.monitor.start()
         self.gateway.start()
@@ -117,6 +146,8 @@ class Worker:
         self.service.retire()
         self.monitor.stop()
         self.link.close(timeout=10)
+        if self.health is not None:
+            self.health.stop()
         self.gateway.close()
         self.journal.close()
         log.info("worker stopped", extra={"requeued": requeued})

@@ -53,7 +53,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     from worker.logs import configure
 
     settings = _load(ns)
-    configure(settings.log_format, settings.log_level)
+    configure(settings.log_format, settings.log_level, settings.host_id)
     return Worker(settings).run_until_signalled()
 
 

@@ -20,6 +20,7 @@ from messages.events import CONTENT_TYPE, CloudEvent, EventType, WorkerEventData
 from messages.topology import Topology
 from worker.amqp.link import AmqpLink, Outgoing
 from worker.journal import Journal
+from worker.metrics import Metrics
 
 
 def utcnow() -> datetime:
@@ -40,11 +41,13 @@ class EventPublisher:
     """With a journal, every event is parked in its outbox until the broker confirms it, so events
     survive the process; the outbox keeps at most `buffer` of them (the oldest go first)."""
 
-    def __init__(self, link: AmqpLink, topology: Topology, journal: Journal | None = None, buffer: int = 10_000):
+    def __init__(self, link: AmqpLink, topology: Topology, journal: Journal | None = None, buffer: int = 10_000,
+                 metrics: Metrics | None = None):
         self._link = link
         self._topology = topology
         self._journal = journal
         self._buffer = buffer
+        self._metrics = metrics
         self._source = f"/storage-worker/{topology.host}"
         self._sequence = itertools.count(1)
         self._emitted = 0
@@ -86,4 +89,6 @@ class EventPublisher:
                     self._journal.trim_parked(self._buffer)
             self._link.publish(Outgoing(self._topology.events_exchange, event.routing_key(), body, properties,
                                         confirmed, droppable=True))
+        if self._metrics is not None:
+            self._metrics.event(event_type.value)
         return event

@@ -16,6 +16,7 @@ from worker.events import EventPublisher, utcnow
 from worker.handlers import HANDLERS
 from worker.handlers.context import Context
 from worker.inventory import Inventory
+from worker.metrics import Metrics
 from worker.retry import RetryPolicy
 from worker.virt.gateway import LibvirtGateway
 
@@ -42,13 +43,14 @@ def error_result(command_id: str | None, op: str | None, host: str, status: Stat
 class Runner:
     def __init__(self, settings: Settings, gateway: LibvirtGateway, events: EventPublisher, *,
                  inventory: Inventory | None = None, attribution: Attribution | None = None,
-                 touch: Callable[[str], None] | None = None):
+                 touch: Callable[[str], None] | None = None, metrics: Metrics | None = None):
         self._settings = settings
         self._gateway = gateway
         self._events = events
         self._inventory = inventory
         self._attribution = attribution
         self._touch = touch
+        self._metrics = metrics
         self._policy = RetryPolicy(settings.retry_attempts, settings.retry_max_seconds,
                                    busy_seconds=settings.busy_wait)
 
@@ -95,6 +97,8 @@ class Runner:
             log.warning("retrying after a transient error",
                         extra={"command_id": command.id, "op": command.op, "attempt": attempt,
                                "code": error.code.value, "error": error.message})
+            if self._metrics is not None:
+                self._metrics.retry(command.op, error.code.value)
 
         try:
             payload, attempts = self._policy.run(attempt,

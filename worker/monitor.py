@@ -82,6 +82,10 @@ class Monitor:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return [self._thread]
+
     def stop(self) -> None:
         self._queue.put(_STOP)
         self._thread.join(timeout=10)

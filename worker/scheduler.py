@@ -56,6 +56,10 @@ class Scheduler:
         for thread in self._threads:
             thread.start()
 
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return list(self._threads)
+
     def submit(self, job: Job) -> bool:
         """Queue a job; False when the scheduler no longer accepts work."""
         with self._cond:

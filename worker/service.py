@@ -43,6 +43,8 @@ from worker.claims import claims_for
 from worker.events import utcnow
 from worker.execution import Runner, error_result, make_result
 from worker.journal import Entry, Journal, State
+from worker.logs import command_context
+from worker.metrics import Metrics
 from worker.publishing import ResultPublisher, countdown
 from worker.scheduler import Job, Scheduler
 
@@ -83,7 +85,8 @@ _STOP = object()
 
 class CommandService:
     def __init__(self, *, topology: Topology, link: AmqpLink, journal: Journal, scheduler: Scheduler,
-                 runner: Runner, owner: str, own_after: float = OWN_AFTER, resume_limit: int = 5):
+                 runner: Runner, owner: str, metrics: Metrics, own_after: float = OWN_AFTER,
+                 resume_limit: int = 5):
         self._topology = topology
         self._link = link
         self._journal = journal
@@ -92,6 +95,7 @@ class CommandService:
         self._owner = owner
         self._own_after = own_after
         self._resume_limit = resume_limit
+        self._metrics = metrics
         self._results = ResultPublisher(link, topology)
         self._host = topology.host
         self._inflight: dict[str, InFlight] = {}
@@ -107,6 +111,14 @@ class CommandService:
         self._intake.put(_RECOVER)
         self._thread.start()
         self._custodian.start()
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return [self._thread, self._custodian]
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._inflight)
 
     def on_delivery(self, delivery: Delivery) -> None:
         """Called on the I/O thread: hand over and return at once."""
@@ -273,6 +285,7 @@ class CommandService:
         log.warning("undecodable message dead-lettered", extra={"reason": reason, "message_id": message_id})
         result = error_result(message_id, None, self._host, Status.rejected, ErrorCode.invalid,
                               f"the message cannot be read as a command: {reason}", received_at)
+        self._metrics.result(result)
         done = countdown(2, lambda: self._link.ack(delivery))
         self._results.publish(result, _reply_to(delivery), _correlation(delivery, message_id), then=done)
         self._results.dead_letter(delivery, reason, then=done)
@@ -282,6 +295,7 @@ class CommandService:
         log.info("command rejected", extra={"command_id": command_id, "op": op, "code": code.value,
                                             "reason": reason})
         result = error_result(command_id, op, self._host, Status.rejected, code, reason, received_at)
+        self._metrics.result(result)
         self._journal.finish(command_id, fingerprint, result)
         self._results.publish(result, _reply_to(delivery), _correlation(delivery, command_id),
                               then=lambda: self._settled_alone(command_id, delivery))
@@ -320,6 +334,7 @@ class CommandService:
             result = make_result(command_id=command.id, op=command.op, host=self._host, status=Status.succeeded,
                                  received_at=received_at, started_at=received_at, attempts=1,
                                  payload=JobCancelState(id=target_id, state=state).model_dump(mode="json"))
+        self._metrics.result(result)
         self._journal.finish(command.id, command.fingerprint, result)
         self._results.publish(result, _reply_to(delivery), _correlation(delivery, command.id),
                               then=lambda: self._settled_alone(command.id, delivery))
@@ -365,6 +380,10 @@ class CommandService:
     def _execute(self, job: Job) -> None:
         with self._lock:
             flight = self._inflight[job.id]
+        with command_context(flight.command.id, flight.command.op):
+            self._run(job, flight)
+
+    def _run(self, job: Job, flight: InFlight) -> None:
         command = flight.command
         started_at = utcnow()
         if command.deadline is not None and command.deadline < started_at:
@@ -380,6 +399,7 @@ class CommandService:
         self._finish(flight, result)
 
     def _finish(self, flight: InFlight, result: Result) -> None:
+        self._metrics.result(result)
         self._journal.finish(flight.command.id, flight.command.fingerprint, result)
         self._results.publish(result, flight.reply_to, flight.correlation_id,
                               then=lambda: self._settled(flight.command.id))

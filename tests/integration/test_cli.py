@@ -86,6 +86,10 @@ def test_run_serves_commands_and_drains_on_sigterm(broker_ok, libvirt_conn, tmp_
         assert kinds == ["storage.worker.offline"]
         lines = [json.loads(line) for line in process.stderr.read().splitlines() if line.startswith("{")]
         assert any(line["message"] == "worker online" for line in lines), "logs are JSON lines by default"
+        assert all(line["host"] == tag for line in lines), "every line names the host"
+        about_commands = [line for line in lines if "command_id" in line]
+        assert about_commands and all("op" in line for line in about_commands)
+        assert "guest:guest" not in str(lines), "the AMQP password never appears"
     finally:
         if process.poll() is None:
             process.kill()

@@ -72,7 +72,7 @@ def test_configure_installs_one_handler_with_the_format(fmt, formatter):
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
     try:
-        configure(fmt, "DEBUG")
+        configure(fmt, "DEBUG", "kvm-01")
         assert len(root.handlers) == 1 and isinstance(root.handlers[0].formatter, formatter)
         assert root.level == logging.DEBUG
         assert logging.getLogger("pika").level == logging.WARNING  # pika's chatter stays out of DEBUG
@@ -80,3 +80,27 @@ def test_configure_installs_one_handler_with_the_format(fmt, formatter):
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
         logging.getLogger("pika").setLevel(logging.NOTSET)
+
+
+def test_lines_carry_the_host_and_the_running_command():
+    from worker.logs import ContextFilter, command_context
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(ContextFilter("kvm-01"))
+    logger = logging.getLogger("test.context")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        logger.info("outside")
+        with command_context("cmd-9", "volume.wipe"):
+            logger.info("inside")
+            logger.info("explicit", extra={"command_id": "other"})
+    finally:
+        logger.removeHandler(handler)
+    outside, inside, explicit = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert outside["host"] == "kvm-01" and "command_id" not in outside
+    assert (inside["command_id"], inside["op"], inside["host"]) == ("cmd-9", "volume.wipe", "kvm-01")
+    assert explicit["command_id"] == "other"

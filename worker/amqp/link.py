@@ -115,6 +115,10 @@ class AmqpLink:
     def is_ready(self) -> bool:
         return self._ready.is_set()
 
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return [self._thread]
+
     def call_soon(self, callback: Callable[[], None]) -> None:
         self._ioloop.add_callback_threadsafe(callback)
 

@@ -24,6 +24,7 @@ KEEPALIVE_COUNT = 3
 
 _event_loop_lock = threading.Lock()
 _event_loop_started = False
+_event_loop_thread: threading.Thread | None = None
 
 
 def _silence_default_error_printing() -> None:
@@ -44,8 +45,14 @@ def ensure_event_loop() -> None:
             while True:
                 libvirt.virEventRunDefaultImpl()
 
-        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        global _event_loop_thread
+        _event_loop_thread = threading.Thread(target=run, name="libvirt-events", daemon=True)
+        _event_loop_thread.start()
         _event_loop_started = True
+
+
+def event_loop_thread() -> threading.Thread | None:
+    return _event_loop_thread
 
 
 RECONNECT_MIN = 0.5
