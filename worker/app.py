@@ -59,7 +59,7 @@ class Worker:
         self.gateway = LibvirtGateway(settings.libvirt_uri, on_connect=self._on_libvirt_connect,
                                       on_disconnect=self._on_libvirt_disconnect)
         self.monitor = Monitor(settings, self.gateway, self.events, self.inventory, self.attribution,
-                               busy_volumes=self.scheduler.held_volumes)
+                               busy_volumes=self.scheduler.held_volumes, metrics=self.metrics)
         runner = Runner(settings, self.gateway, self.events, inventory=self.inventory,
                         attribution=self.attribution, touch=self.monitor.touch, metrics=self.metrics)
         self.owner = new_owner_id()

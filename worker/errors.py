@@ -9,13 +9,14 @@ class OperationError(Exception):
     """A command ends with `code` and `message`; `retryable` says whether trying again may help."""
 
     def __init__(self, code: ErrorCode, message: str, *, retryable: bool = False,
-                 libvirt: LibvirtError | None = None, reconnect: bool = False):
+                 libvirt: LibvirtError | None = None, reconnect: bool = False, stale_pool: bool = False):
         super().__init__(message)
         self.code = code
         self.message = message
         self.retryable = retryable
         self.libvirt = libvirt
         self.reconnect = reconnect
+        self.stale_pool = stale_pool
         self.attempts = 0
 
     def info(self) -> ErrorInfo:

@@ -10,6 +10,7 @@ import itertools
 import json
 import socket
 import threading
+import time
 import uuid
 from datetime import datetime, timezone
 
@@ -70,8 +71,22 @@ class EventPublisher:
         journal = self._journal
         return lambda: journal.unpark([seq])
 
+    def _on_confirmed(self, seq: int | None, observed_at: float | None):
+        if seq is None and (observed_at is None or self._metrics is None):
+            return None
+        journal, metrics = self._journal, self._metrics
+
+        def confirmed() -> None:
+            if observed_at is not None and metrics is not None:
+                metrics.event_latency.observe(time.monotonic() - observed_at)
+            if seq is not None:
+                journal.unpark([seq])
+        return confirmed
+
     def emit(self, event_type: EventType, data: BaseModel, *, subject: str | None = None,
-             command_id: str | None = None) -> CloudEvent:
+             command_id: str | None = None, observed_at: float | None = None) -> CloudEvent:
+        """Publish an event; `observed_at` (time.monotonic) is when the change was seen, e.g. when
+        libvirt's callback ran: the time from then to the broker's confirm is measured."""
         with self._lock:
             event = CloudEvent(id=str(uuid.uuid4()), source=self._source, type=event_type, subject=subject,
                                time=utcnow(), host=self._topology.host, sequence=str(next(self._sequence)),
@@ -79,16 +94,15 @@ class EventPublisher:
             body = event.model_dump_json(exclude_none=True).encode()
             properties = BasicProperties(content_type=CONTENT_TYPE, delivery_mode=2, message_id=event.id,
                                          type=event_type.value, app_id="storage-worker")
-            confirmed = None
+            seq = None
             if self._journal is not None:
                 seq = self._journal.park(self._topology.events_exchange, event.routing_key(), body,
                                          json.dumps({"id": event.id, "type": event_type.value}))
-                confirmed = self._unparker(seq)
                 self._emitted += 1
                 if self._emitted % TRIM_EVERY == 0:
                     self._journal.trim_parked(self._buffer)
             self._link.publish(Outgoing(self._topology.events_exchange, event.routing_key(), body, properties,
-                                        confirmed, droppable=True))
+                                        self._on_confirmed(seq, observed_at), droppable=True))
         if self._metrics is not None:
             self._metrics.event(event_type.value)
         return event

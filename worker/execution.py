@@ -103,7 +103,8 @@ class Runner:
         try:
             payload, attempts = self._policy.run(attempt,
                                                  connection_alive=self._gateway.is_alive,
-                                                 forget_connection=self._gateway.invalidate, on_retry=on_retry)
+                                                 forget_connection=self._gateway.invalidate,
+                                                 forget_pools=self._gateway.forget_pools, on_retry=on_retry)
         except OperationError as error:
             status = _STATUS_OF.get(error.code, Status.failed)
             return make_result(command_id=command.id, op=command.op, host=host, status=status,

@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 from messages.objects import PoolObject
 from messages.results import Result
 
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400)
 
 
@@ -42,6 +43,11 @@ class Metrics:
         self.retries = Counter("storage_worker_retries", "Retries after transient errors, by operation and code",
                                ["op", "code"], registry=r)
         self.events = Counter("storage_worker_events_published", "Events published, by type", ["type"], registry=r)
+        self.reconcile_seconds = Gauge("storage_worker_reconcile_seconds",
+                                       "How long the last full re-listing of pools and volumes took", registry=r)
+        self.event_latency = Histogram("storage_worker_event_latency_seconds",
+                                       "From libvirt's pool callback to the broker's confirm of the event",
+                                       buckets=LATENCY_BUCKETS, registry=r)
 
     def watch(self, *, in_flight: Callable[[], int], broker_connected: Callable[[], bool],
               libvirt_connected: Callable[[], bool], journal_commands: Callable[[], int],

@@ -30,6 +30,7 @@ from worker.config import Settings
 from worker.errors import OperationError
 from worker.events import EventPublisher, worker_data
 from worker.inventory import Inventory, diff_pools
+from worker.metrics import Metrics
 from worker.virt import pool_events
 from worker.virt.describe import pool_object, volume_object
 from worker.virt.gateway import LibvirtGateway
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 class _PoolSignal:
     pool: str
     kind: EventType
+    at: float  # time.monotonic() when libvirt's callback ran
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ _STOP = object()
 
 class Monitor:
     def __init__(self, settings: Settings, gateway: LibvirtGateway, events: EventPublisher, inventory: Inventory,
-                 attribution: Attribution, busy_volumes: Callable[[str], set[str]]):
+                 attribution: Attribution, busy_volumes: Callable[[str], set[str]], metrics: Metrics | None = None):
         """`busy_volumes(pool)` names the volumes of a pool that running commands hold locked."""
         self._settings = settings
         self._gateway = gateway
@@ -71,6 +73,7 @@ class Monitor:
         self._inventory = inventory
         self._attribution = attribution
         self._busy_volumes = busy_volumes
+        self._metrics = metrics
         self._capacity = CapacityWatch(settings.capacity_low)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
@@ -99,7 +102,7 @@ class Monitor:
         self._queue.put(_Disconnected(reason))
 
     def pool_signal(self, pool: str, kind: EventType) -> None:
-        self._queue.put(_PoolSignal(pool, kind))
+        self._queue.put(_PoolSignal(pool, kind, time.monotonic()))
 
     def touch(self, pool: str) -> None:
         """A command changed what a pool holds: look at its capacity again."""
@@ -121,7 +124,10 @@ class Monitor:
                 if item is None:
                     next_pass = time.monotonic() + interval
                     if self._gateway.connected:
+                        began = time.monotonic()
                         self._reconcile(publish_pool_changes=False)
+                        if self._metrics is not None:
+                            self._metrics.reconcile_seconds.set(time.monotonic() - began)
                 else:
                     self._handle(item)
             except (libvirt.libvirtError, OperationError) as error:
@@ -163,6 +169,8 @@ class Monitor:
             raise
 
     def _on_pool_signal(self, signal: _PoolSignal) -> None:
+        if signal.kind in (EventType.pool_defined, EventType.pool_undefined):
+            self._gateway.forget_pools(signal.pool)
         pool = self._lookup(signal.pool)
         if pool is None:
             pool = self._inventory.pool(signal.pool)  # gone: publish its last known object
@@ -175,7 +183,7 @@ class Monitor:
         else:
             self._inventory.set_pool(pool)
         self._events.emit(signal.kind, PoolEventData(pool=pool), subject=f"pools/{pool.name}",
-                          command_id=self._attribution.command_for(signal.pool))
+                          command_id=self._attribution.command_for(signal.pool), observed_at=signal.at)
         if signal.kind in (EventType.pool_refreshed, EventType.pool_started) and pool.state.value == "running":
             self._reconcile_volumes(signal.pool)
         self._check_capacity(pool)

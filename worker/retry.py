@@ -58,7 +58,7 @@ class RetryPolicy:
         self.max_wait = max_wait
 
     def run(self, attempt: Callable[[], T], *, connection_alive: Callable[[], bool],
-            forget_connection: Callable[[str], None],
+            forget_connection: Callable[[str], None], forget_pools: Callable[[], None] = lambda: None,
             on_retry: Callable[[OperationError, int], None] | None = None) -> tuple[T, int]:
         """Call `attempt` until it succeeds or the budget is spent; returns (value, tries made).
         A libvirtError is classified into an OperationError; the last error is re-raised with
@@ -75,6 +75,8 @@ class RetryPolicy:
             if isinstance(error, OperationError):
                 if error.reconnect:
                     forget_connection(error.message)
+                if error.stale_pool:
+                    forget_pools()
                 if on_retry is not None:
                     on_retry(error, state.attempt_number)
 

@@ -17,7 +17,7 @@ from messages.command import Command
 from messages.events import DiskRef, EventType, VolumeEventData
 from messages.objects import VolumeObject
 from worker.config import Settings
-from worker.errors import invalid, not_found
+from worker.errors import not_found
 from worker.events import EventPublisher
 from worker.inventory import Inventory
 from worker.progress import ProgressReporter
@@ -54,26 +54,19 @@ class Context:
         return self.gateway.connection()
 
     def pool(self, name: str) -> libvirt.virStoragePool:
-        try:
-            return self.conn.storagePoolLookupByName(name)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
-                raise not_found(f"pool {name!r} does not exist on host {self.settings.host_id}") from None
-            raise
+        handle = self.find_pool(name)
+        if handle is None:
+            raise not_found(f"pool {name!r} does not exist on host {self.settings.host_id}")
+        return handle
 
     def find_pool(self, name: str) -> libvirt.virStoragePool | None:
-        try:
-            return self.conn.storagePoolLookupByName(name)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
-                return None
-            raise
+        return self.gateway.pool(name)
 
     def active_pool(self, name: str) -> libvirt.virStoragePool:
-        pool = self.pool(name)
-        if not pool.isActive():
-            raise invalid(f"pool {name!r} is not running; start it with pool.start first")
-        return pool
+        """The pool, for an operation that needs it running. Whether it runs is not asked here (a
+        round trip per command): libvirt refuses volume work on a stopped pool, and that refusal
+        is reported as `invalid` naming the pool (worker.virt.errors)."""
+        return self.pool(name)
 
     def find_volume(self, pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol | None:
         try:

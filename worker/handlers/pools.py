@@ -46,12 +46,14 @@ def define(ctx: Context, a: PoolDefineArgs) -> PoolChange:
     defined_now = pool is None
     if pool is None or not pool.isPersistent():
         pool = ctx.conn.storagePoolDefineXML(pool_xml.build(a), libvirt.VIR_STORAGE_POOL_DEFINE_VALIDATE)
+        ctx.gateway.forget_pools(a.name)
         ctx.changed = True
     try:
         _bring_up(ctx, pool, a)
     except libvirt.libvirtError:
         if defined_now and not pool.isActive():
             pool.undefine()  # leave no half-made pool behind: the definition goes with the failure
+            ctx.gateway.forget_pools(a.name)
             ctx.changed = False
         raise
     return _change(ctx, pool)
@@ -117,6 +119,7 @@ def undefine(ctx: Context, a: PoolNameArgs) -> PoolUndefined:
         if pool.isActive():
             raise invalid(f"pool {a.name!r} is running; stop it with pool.stop before undefining it")
         pool.undefine()
+        ctx.gateway.forget_pools(a.name)
         ctx.changed = True
     return PoolUndefined(name=a.name, changed=ctx.changed)
 

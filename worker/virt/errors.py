@@ -8,6 +8,8 @@ access denied.
 
 from __future__ import annotations
 
+import re
+
 import libvirt
 
 from messages.results import ErrorCode, LibvirtError
@@ -49,6 +51,8 @@ _CONNECTION_CODES = {
 }
 _CONNECTION_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
 
+_INACTIVE_POOL = re.compile(r"storage pool '([^']+)' is not active")
+
 # INTERNAL_ERROR and OPERATION_INVALID carry several distinct conditions; the message tells them apart.
 # "is still in use": libvirtd itself still runs an earlier wipe or clone of the volume, e.g. one
 # whose worker was killed (libvirtd finishes what it started).
@@ -79,6 +83,14 @@ def classify(error: libvirt.libvirtError, connection_alive: bool = True) -> Oper
             or any(m in text for m in _CONNECTION_MESSAGES)):
         return OperationError(E.unavailable, f"lost the connection to libvirt: {info.message}",
                               retryable=True, libvirt=info, reconnect=True)
+    if info.code == libvirt.VIR_ERR_NO_STORAGE_POOL and "matching uuid" in text:
+        # A kept pool handle whose pool was undefined and defined again: look it up afresh and retry.
+        return OperationError(E.busy, f"the pool was redefined while in use: {info.message}", retryable=True,
+                              libvirt=info, stale_pool=True)
+    inactive = _INACTIVE_POOL.search(info.message)
+    if info.code == libvirt.VIR_ERR_OPERATION_INVALID and inactive:
+        return OperationError(E.invalid, f"pool {inactive.group(1)!r} is not running; start it with pool.start first",
+                              libvirt=info)
     if info.code in (libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_ERR_OPERATION_INVALID) \
             and any(m in text for m in _BUSY_MESSAGES):
         return OperationError(E.busy, f"libvirt is busy: {info.message}", retryable=True, libvirt=info)

@@ -75,6 +75,30 @@ class LibvirtGateway:
         self._connected = threading.Event()
         self._reconnecting = False
         self._wake = threading.Event()
+        self._pools: dict[str, libvirt.virStoragePool] = {}
+
+    def pool(self, name: str) -> libvirt.virStoragePool | None:
+        """The pool named `name`, or None. Handles are kept per connection: a pool is looked up by
+        name once, not once per command. `forget_pools` drops them when pools are (re)defined or a
+        handle turns out stale."""
+        conn = self.connection()
+        handle = self._pools.get(name)
+        if handle is not None and handle.connect() is conn:
+            return handle
+        try:
+            handle = conn.storagePoolLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                return None
+            raise
+        self._pools[name] = handle
+        return handle
+
+    def forget_pools(self, name: str | None = None) -> None:
+        if name is None:
+            self._pools.clear()
+        else:
+            self._pools.pop(name, None)
 
     def start(self) -> None:
         """Connect now, in the background, retrying until libvirt answers."""
@@ -175,6 +199,7 @@ class LibvirtGateway:
     def _drop(self, conn: libvirt.virConnect, reason: str) -> None:
         """Under the lock: forget a dead connection and start re-opening one."""
         self._conn = None
+        self._pools.clear()
         self._connected.clear()
         log.warning("lost the connection to libvirt", extra={"uri": self.uri, "reason": reason})
         try:

@@ -1,0 +1,1 @@
+"""Benchmarks of the worker against baselines measured in the same run (scripts/bench)."""
