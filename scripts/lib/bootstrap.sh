@@ -104,8 +104,40 @@ ensure_venv() {
     fi
 }
 
+# The official AsyncAPI 3.0.0 JSON Schema, which tests/unit/test_asyncapi.py validates
+# docs/asyncapi.json against: taken from the npm package @asyncapi/specs (its bundled variant without
+# $id, whose every $ref is local) into the venv. Not fatal: without it only that test fails (in CI)
+# or skips (on a developer's machine).
+ASYNCAPI_SPECS_VERSION=6.11.1
+ASYNCAPI_DIR="$VENV/share/asyncapi"
+
+ensure_asyncapi_schema() {
+    local target="$ASYNCAPI_DIR/3.0.0.json" stamp="$ASYNCAPI_DIR/specs-version" tmp
+    if [ -f "$target" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$ASYNCAPI_SPECS_VERSION" ]; then
+        return 0
+    fi
+    command -v npm >/dev/null 2>&1 || ensure_packages npm || true
+    if ! command -v npm >/dev/null 2>&1; then
+        say "npm is missing: the AsyncAPI schema test will not find $target"
+        return 0
+    fi
+    say "fetching the AsyncAPI 3.0.0 JSON Schema (npm @asyncapi/specs@$ASYNCAPI_SPECS_VERSION)"
+    tmp=$(mktemp -d)
+    if (cd "$tmp" && npm pack --silent "@asyncapi/specs@$ASYNCAPI_SPECS_VERSION" >/dev/null 2>"$tmp/npm.log") &&
+       tar -xzf "$tmp/asyncapi-specs-$ASYNCAPI_SPECS_VERSION.tgz" -C "$tmp" 'package/schemas/3.0.0-without-$id.json'; then
+        mkdir -p "$ASYNCAPI_DIR"
+        mv "$tmp/package/schemas/3.0.0-without-\$id.json" "$target"
+        echo "$ASYNCAPI_SPECS_VERSION" > "$stamp"
+    else
+        tail -n 20 "$tmp/npm.log" >&2 2>/dev/null || true
+        say "could not fetch @asyncapi/specs: the AsyncAPI schema test will not find $target"
+    fi
+    rm -rf "$tmp"
+}
+
 bootstrap() {
     ensure_libvirtd
     ensure_rabbitmq
     ensure_venv
+    ensure_asyncapi_schema
 }
