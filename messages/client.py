@@ -11,6 +11,8 @@ This is the only module of `messages` that imports pika.
 
 from __future__ import annotations
 
+import os
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,10 +40,23 @@ class CallTimeout(TimeoutError):
 
 class StorageClient:
     def __init__(self, amqp_url: str = "amqp://guest:guest@localhost:5672/%2F", *, host_id: str = "",
-                 prefix: str = "storage"):
-        """`host_id` names the worker commands go to; following events needs none."""
+                 prefix: str = "storage", ca_file: str | os.PathLike[str] | None = None,
+                 cert_file: str | os.PathLike[str] | None = None,
+                 key_file: str | os.PathLike[str] | None = None):
+        """`host_id` names the worker commands go to; following events needs none.
+
+        With an amqps:// URL the broker's certificate is verified against `ca_file` (the system's
+        CAs when None) and its name against the URL's host; `cert_file` (with `key_file`, unless the
+        key is in the same file) is a client certificate for brokers that ask for one. The three
+        are ignored with a plain amqp:// URL."""
         self.topology = Topology(prefix=prefix, host=host_id)
-        self._connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        parameters = pika.URLParameters(amqp_url)
+        if parameters.ssl_options is not None:  # amqps://
+            context = ssl.create_default_context(cafile=ca_file)
+            if cert_file:
+                context.load_cert_chain(cert_file, key_file)
+            parameters.ssl_options = pika.SSLOptions(context, server_hostname=parameters.host)
+        self._connection = pika.BlockingConnection(parameters)
         self._channel = self._connection.channel()
         self._channel.confirm_delivery()
         self._replies: dict[str, Result] = {}
