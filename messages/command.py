@@ -98,10 +98,8 @@ def decode(body: bytes) -> Command:
     command_id = document["id"]
     op = document.get("op")
     raw_args = document.get("args", {})
-    raw_print = fingerprint(op, raw_args)
-
     def reject(reason: str, known_op: str | None = None) -> CommandRejected:
-        return CommandRejected(command_id, known_op, reason, raw_print)
+        return CommandRejected(command_id, known_op, reason, fingerprint(op, raw_args))
 
     extra = sorted(set(document) - _ENVELOPE_FIELDS)
     if extra:

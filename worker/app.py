@@ -20,6 +20,7 @@ from worker.inventory import Inventory
 from worker.health import HealthServer
 from worker.journal import Journal, new_owner_id
 from worker.metrics import Metrics
+from worker.policy import Policy
 from worker.monitor import Monitor
 from worker.scheduler import Scheduler
 from worker.service import CommandService
@@ -65,6 +66,8 @@ class Worker:
         self.owner = new_owner_id()
         self.service = CommandService(topology=topology, link=self.link, journal=self.journal,
                                       scheduler=self.scheduler, runner=runner, owner=self.owner, metrics=self.metrics,
+                                      policy=Policy.load(settings.policy_file) if settings.policy_file
+                                      else Policy.allow_all(),
                                       own_after=settings.own_after, resume_limit=settings.delivery_limit)
         self.metrics.watch(in_flight=self.service.in_flight, broker_connected=lambda: self.link.is_ready,
                            libvirt_connected=lambda: self.gateway.connected, journal_commands=self.journal.count,

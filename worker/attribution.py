@@ -1,14 +1,38 @@
 """Which command caused a pool event. libvirt's callbacks arrive on their own thread, a moment after
-the call that caused them returned, so a pool command's id stays attached to its pool for a short
-while after it ends."""
+the call that caused them, sometimes after that command ended and the next one on the same pool
+began. So each pool keeps its recent commands, and an event goes to the latest one whose operation
+can cause that kind of event, running or ended at most LINGER seconds ago.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+
+from messages.events import EventType
 
 LINGER = 5.0
+KEPT = 8
+
+CAUSES: dict[EventType, frozenset[str]] = {
+    EventType.pool_defined: frozenset({"pool.define"}),
+    EventType.pool_undefined: frozenset({"pool.undefine", "pool.define"}),
+    EventType.pool_started: frozenset({"pool.start", "pool.define"}),
+    EventType.pool_stopped: frozenset({"pool.stop"}),
+    EventType.pool_built: frozenset({"pool.build", "pool.start", "pool.define"}),
+    EventType.pool_deleted: frozenset({"pool.delete"}),
+    EventType.pool_refreshed: frozenset({"pool.refresh"}),
+}
+
+
+@dataclass
+class _Run:
+    command_id: str
+    op: str
+    ended: float | None = None
 
 
 class Attribution:
@@ -16,25 +40,23 @@ class Attribution:
         self._clock = clock
         self._linger = linger
         self._lock = threading.Lock()
-        self._running: dict[str, str] = {}
-        self._ended: dict[str, tuple[str, float]] = {}
+        self._runs: dict[str, deque[_Run]] = {}
 
-    def begin(self, pool: str, command_id: str) -> None:
+    def begin(self, pool: str, command_id: str, op: str) -> None:
         with self._lock:
-            self._running[pool] = command_id
+            self._runs.setdefault(pool, deque(maxlen=KEPT)).append(_Run(command_id, op))
 
     def end(self, pool: str, command_id: str) -> None:
         with self._lock:
-            if self._running.get(pool) == command_id:
-                del self._running[pool]
-            self._ended[pool] = (command_id, self._clock())
+            for run in self._runs.get(pool, ()):
+                if run.command_id == command_id and run.ended is None:
+                    run.ended = self._clock()
 
-    def command_for(self, pool: str) -> str | None:
+    def command_for(self, pool: str, kind: EventType) -> str | None:
+        causes = CAUSES.get(kind, frozenset())
+        now = self._clock()
         with self._lock:
-            if pool in self._running:
-                return self._running[pool]
-            ended = self._ended.get(pool)
-            if ended is not None and self._clock() - ended[1] <= self._linger:
-                return ended[0]
-            self._ended.pop(pool, None)
-            return None
+            for run in reversed(self._runs.get(pool, ())):
+                if run.op in causes and (run.ended is None or now - run.ended <= self._linger):
+                    return run.command_id
+        return None

@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from pika.exceptions import AMQPError
+
 from messages.sizes import SIZE_FIELDS, parse_size
 
 
@@ -19,6 +21,10 @@ def _load(ns: argparse.Namespace):
     from worker.config import load_settings
 
     return load_settings(_settings_flags(ns), getattr(ns, "config", None))
+
+
+def _path(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _value(key: str, text: str) -> Any:
@@ -54,7 +60,12 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
     settings = _load(ns)
     configure(settings.log_format, settings.log_level, settings.host_id)
-    return Worker(settings).run_until_signalled()
+    try:
+        worker = Worker(settings)
+    except (ValueError, OSError) as error:  # e.g. an unreadable TLS key or state dir
+        print(f"storage-worker run: {error}", file=sys.stderr)
+        return 2
+    return worker.run_until_signalled()
 
 
 class ProgressBar:
@@ -97,11 +108,15 @@ def cmd_call(ns: argparse.Namespace) -> int:
         and OPERATIONS[ns.op].long_running else None
     try:
         with StorageClient(settings.amqp_url.get_secret_value(), host_id=settings.host_id,
-                           prefix=settings.prefix) as client:
+                           prefix=settings.prefix, ca_file=settings.amqp_ca_file,
+                           cert_file=settings.amqp_cert_file, key_file=settings.amqp_key_file) as client:
             result = client.call(ns.op, args, command_id=ns.id, timeout=ns.timeout,
                                  on_progress=bar.show if bar else None)
     except (CallTimeout, NoWorker) as error:
         print(f"storage-worker call: {error}", file=sys.stderr)
+        return 1
+    except (AMQPError, OSError) as error:  # refused, unreachable, bad credentials, TLS verification
+        print(f"storage-worker call: cannot reach the broker: {error!r}", file=sys.stderr)
         return 1
     finally:
         if bar is not None:
@@ -138,7 +153,8 @@ def cmd_events(ns: argparse.Namespace) -> int:
     from messages.client import StorageClient
 
     settings = _load(ns)
-    with StorageClient(settings.amqp_url.get_secret_value(), prefix=settings.prefix) as client:
+    with StorageClient(settings.amqp_url.get_secret_value(), prefix=settings.prefix, ca_file=settings.amqp_ca_file,
+                       cert_file=settings.amqp_cert_file, key_file=settings.amqp_key_file) as client:
         try:
             for event in client.follow_events(ns.pattern):
                 line = event.model_dump_json(exclude_none=True) if ns.json else describe_event(event)
@@ -152,7 +168,12 @@ def cmd_dead(ns: argparse.Namespace) -> int:
     from worker.deadletters import DeadLetters
 
     settings = _load(ns)
-    dead = DeadLetters(settings.amqp_url.get_secret_value(), settings.topology)
+    from worker.amqp.link import connection_parameters
+
+    parameters = connection_parameters(settings.amqp_url.get_secret_value(), heartbeat=settings.amqp_heartbeat,
+                                       ca_file=_path(settings.amqp_ca_file), cert_file=_path(settings.amqp_cert_file),
+                                       key_file=_path(settings.amqp_key_file), name="storage-worker dead")
+    dead = DeadLetters(parameters, settings.topology)
     try:
         if ns.action == "list":
             letters = dead.list()
@@ -181,10 +202,21 @@ def cmd_dead(ns: argparse.Namespace) -> int:
 
 
 def cmd_schema(ns: argparse.Namespace) -> int:
+    if getattr(ns, "asyncapi", False):
+        from messages.asyncapi import asyncapi_document
+
+        print(json.dumps(asyncapi_document(), indent=2, sort_keys=False))
+        return 0
     from messages.schema import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return 0
+
+
+def cmd_doctor(ns: argparse.Namespace) -> int:
+    from worker.doctor import doctor
+
+    return doctor(_settings_flags(ns), getattr(ns, "config", None), as_json=ns.json)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,7 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--json", action="store_true", help="with list: one JSON object per message")
     dead.set_defaults(func=cmd_dead)
 
-    schema = sub.add_parser("schema", help="print the JSON Schema of the contract")
+    doctor = sub.add_parser("doctor", help="check broker, libvirt, state dir and settings; say what to fix")
+    common(doctor)
+    doctor.add_argument("--libvirt-uri", help="libvirt URI (default qemu:///system)")
+    doctor.add_argument("--json", action="store_true", help="print the checks as a JSON document")
+    doctor.set_defaults(func=cmd_doctor)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema (or the AsyncAPI 3.0 document) of the contract")
+    schema.add_argument("--asyncapi", action="store_true",
+                        help="print the AsyncAPI 3.0 document of the whole contract instead of the JSON Schema")
     schema.set_defaults(func=cmd_schema)
     return parser
 

@@ -61,9 +61,9 @@ def _original_routing_key(method: Any, properties: Any) -> str:
 
 
 class DeadLetters:
-    def __init__(self, amqp_url: str, topology: Topology):
+    def __init__(self, parameters: pika.ConnectionParameters, topology: Topology):
         self._topology = topology
-        self._connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        self._connection = pika.BlockingConnection(parameters)
         self._channel = self._connection.channel()
 
     def close(self) -> None:

@@ -78,7 +78,7 @@ class Runner:
                       cancel=cancel, inventory=self._inventory, touch=self._touch)
         pool_name = getattr(command.args, "name", None) if command.op.startswith("pool.") else None
         if pool_name is not None and self._attribution is not None:
-            self._attribution.begin(pool_name, command.id)
+            self._attribution.begin(pool_name, command.id, command.op)
         try:
             return self._run(command, handler, ctx, received_at=received_at, started_at=started_at)
         finally:

@@ -149,15 +149,16 @@ class Journal:
         self._run("UPDATE commands SET owner = ?, updated_at = ? WHERE id = ? AND state != 'finished'",
                   (owner, time.time(), command_id))
 
-    def finish(self, command_id: str, fingerprint: str, result: Result) -> None:
-        """Store the terminal result (inserting the row for commands rejected before being received)."""
+    def finish(self, command_id: str, fingerprint: str, result: Result, body: str | None = None) -> None:
+        """Store the terminal result (inserting the row for commands rejected before being received);
+        `body` is the result's JSON when the caller has it already."""
         now = time.time()
         self._run(
             "INSERT INTO commands (id, fingerprint, op, state, result, received_at, updated_at) "
             "VALUES (?, ?, ?, 'finished', ?, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET state = 'finished', result = excluded.result, body = NULL, "
             "updated_at = excluded.updated_at",
-            (command_id, fingerprint, result.op, result.model_dump_json(), now, now))
+            (command_id, fingerprint, result.op, body or result.model_dump_json(), now, now))
 
     def mark_published(self, command_id: str) -> None:
         self._run("UPDATE commands SET published = 1 WHERE id = ?", (command_id,))

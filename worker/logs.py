@@ -79,4 +79,6 @@ def configure(fmt: str, level: str, host_id: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("pika").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # pika logs every failed connection attempt at ERROR with a traceback; the link logs each one
+    # itself, in one line that says what it does next. pika speaks up again at DEBUG.
+    logging.getLogger("pika").setLevel(logging.DEBUG if level == "DEBUG" else logging.CRITICAL)

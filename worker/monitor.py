@@ -43,6 +43,7 @@ class _PoolSignal:
     pool: str
     kind: EventType
     at: float  # time.monotonic() when libvirt's callback ran
+    command_id: str | None  # the command that caused it, as known when the callback ran
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class Monitor:
         self._queue.put(_Disconnected(reason))
 
     def pool_signal(self, pool: str, kind: EventType) -> None:
-        self._queue.put(_PoolSignal(pool, kind, time.monotonic()))
+        self._queue.put(_PoolSignal(pool, kind, time.monotonic(), self._attribution.command_for(pool, kind)))
 
     def touch(self, pool: str) -> None:
         """A command changed what a pool holds: look at its capacity again."""
@@ -183,7 +184,7 @@ class Monitor:
         else:
             self._inventory.set_pool(pool)
         self._events.emit(signal.kind, PoolEventData(pool=pool), subject=f"pools/{pool.name}",
-                          command_id=self._attribution.command_for(signal.pool), observed_at=signal.at)
+                          command_id=signal.command_id, observed_at=signal.at)
         if signal.kind in (EventType.pool_refreshed, EventType.pool_started) and pool.state.value == "running":
             self._reconcile_volumes(signal.pool)
         self._check_capacity(pool)

@@ -33,13 +33,14 @@ class ResultPublisher:
         self._topology = topology
 
     def publish(self, result: Result, reply_to: str | None, correlation_id: str | None,
-                then: Callable[[], None]) -> None:
+                then: Callable[[], None], body: bytes | None = None) -> None:
         """To the results exchange and `reply_to`; `then` runs (on the I/O thread) once both are
-        confirmed by the broker."""
+        confirmed by the broker. `body` is the result's JSON when the caller has it already."""
+        body = body if body is not None else result.model_dump_json().encode()
         pending = _Countdown(1 + bool(reply_to), then)
-        self._send(self._topology.results_exchange, result.routing_key(), result, None, pending.tick)
+        self._send(self._topology.results_exchange, result.routing_key(), result, None, pending.tick, body)
         if reply_to:
-            self._send("", reply_to, result, correlation_id or result.id, pending.tick)
+            self._send("", reply_to, result, correlation_id or result.id, pending.tick, body)
 
     def answer_only(self, result: Result, reply_to: str | None, correlation_id: str | None,
                     then: Callable[[], None]) -> None:
@@ -47,7 +48,7 @@ class ResultPublisher:
         if not reply_to:
             then()
             return
-        self._send("", reply_to, result, correlation_id or result.id, then)
+        self._send("", reply_to, result, correlation_id or result.id, then, result.model_dump_json().encode())
 
     def dead_letter(self, delivery: Delivery, reason: str, then: Callable[[], None]) -> None:
         """A copy of an undecodable message to the dead-letter exchange, saying why in a header."""
@@ -71,12 +72,11 @@ class ResultPublisher:
                                     body, properties, then))
 
     def _send(self, exchange: str, routing_key: str, result: Result, correlation_id: str | None,
-              on_confirmed: Callable[[], None]) -> None:
+              on_confirmed: Callable[[], None], body: bytes) -> None:
         properties = BasicProperties(content_type="application/json", delivery_mode=2,
                                      correlation_id=correlation_id, message_id=result.id,
                                      type="result", app_id="storage-worker")
-        self._link.publish(Outgoing(exchange, routing_key, result.model_dump_json().encode(), properties,
-                                    on_confirmed))
+        self._link.publish(Outgoing(exchange, routing_key, body, properties, on_confirmed))
 
 
 def countdown(count: int, then: Callable[[], None]) -> Callable[[], None]:

@@ -45,7 +45,11 @@ class _Holders:
 class Scheduler:
     def __init__(self, threads: int, name: str = "executor"):
         self._threads = [threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True) for i in range(threads)]
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        # Executors wait on `_work`, wait_idle() callers on `_idle`: a wake-up meant for one kind
+        # never lands on the other, and no event wakes every executor at once.
+        self._work = threading.Condition(self._lock)
+        self._idle = threading.Condition(self._lock)
         self._waiting: list[Job] = []
         self._running: dict[str, Job] = {}
         self._held: dict[Key, _Holders] = {}
@@ -62,71 +66,74 @@ class Scheduler:
 
     def submit(self, job: Job) -> bool:
         """Queue a job; False when the scheduler no longer accepts work."""
-        with self._cond:
+        with self._lock:
             if not self._accepting:
                 return False
             self._waiting.append(job)
-            # notify_all: wait_idle() callers wait on the same condition, and a single wake-up
-            # given to one of them would leave the new job queued while a thread sits idle.
-            self._cond.notify_all()
+            self._work.notify()
         return True
 
     def find(self, job_id: str) -> Job | None:
         """A job that is waiting or running, by id."""
-        with self._cond:
+        with self._lock:
             if job_id in self._running:
                 return self._running[job_id]
             return next((job for job in self._waiting if job.id == job_id), None)
 
     def withdraw(self, job_id: str) -> Job | None:
         """Take a job that has not started out of the queue; None if it is not waiting."""
-        with self._cond:
+        with self._lock:
             for index, job in enumerate(self._waiting):
                 if job.id == job_id:
                     del self._waiting[index]
-                    self._cond.notify_all()
+                    self._work.notify()  # a later job it blocked (same resource) may run now
                     return job
         return None
 
     def held_volumes(self, pool: str) -> set[str]:
         """Names of a pool's volumes that running jobs hold locked."""
-        with self._cond:
+        with self._lock:
             return {key[2] for key in self._held if key[0] == "volume" and key[1] == pool}
 
     def counts(self) -> tuple[int, int]:
-        with self._cond:
+        with self._lock:
             return len(self._waiting), len(self._running)
 
     def drain(self) -> list[Job]:
         """Stop accepting and starting jobs; return the ones that never started."""
-        with self._cond:
+        with self._lock:
             self._accepting = False
             self._stopping = True
             unstarted, self._waiting = self._waiting, []
-            self._cond.notify_all()
+            self._work.notify_all()
         return unstarted
 
     def wait_idle(self, timeout: float | None) -> bool:
         """Wait until no job runs; True if that happened within the timeout."""
-        with self._cond:
-            return self._cond.wait_for(lambda: not self._running, timeout)
+        with self._lock:
+            return self._idle.wait_for(lambda: not self._running, timeout)
 
     # ---- executor threads ---------------------------------------------------------------
 
     def _loop(self) -> None:
         while True:
-            with self._cond:
-                job = self._cond.wait_for(lambda: self._stopping or self._take_runnable())
+            with self._lock:
+                job = self._work.wait_for(lambda: self._stopping or self._take_runnable())
                 if not isinstance(job, Job):
                     return
+                if self._waiting:
+                    self._work.notify()  # there may be more to start: pass the baton
             try:
                 job.run(job)
             except BaseException:  # a job must never take its thread down with it
                 log.exception("job crashed", extra={"command_id": job.id})
             finally:
-                with self._cond:
+                with self._lock:
                     self._release(job)
-                    self._cond.notify_all()
+                    if self._waiting:
+                        self._work.notify()  # released claims may let a waiting job start
+                    if not self._running:
+                        self._idle.notify_all()
 
     def _take_runnable(self) -> Job | None:
         """Under the lock: remove and return the first job whose claims can be granted."""

@@ -44,7 +44,9 @@ from worker.events import utcnow
 from worker.execution import Runner, error_result, make_result
 from worker.journal import Entry, Journal, State
 from worker.logs import command_context
+from worker.errors import OperationError
 from worker.metrics import Metrics
+from worker.policy import Policy
 from worker.publishing import ResultPublisher, countdown
 from worker.scheduler import Job, Scheduler
 
@@ -85,7 +87,7 @@ _STOP = object()
 
 class CommandService:
     def __init__(self, *, topology: Topology, link: AmqpLink, journal: Journal, scheduler: Scheduler,
-                 runner: Runner, owner: str, metrics: Metrics, own_after: float = OWN_AFTER,
+                 runner: Runner, owner: str, metrics: Metrics, policy: Policy, own_after: float = OWN_AFTER,
                  resume_limit: int = 5):
         self._topology = topology
         self._link = link
@@ -96,6 +98,7 @@ class CommandService:
         self._own_after = own_after
         self._resume_limit = resume_limit
         self._metrics = metrics
+        self._policy = policy
         self._results = ResultPublisher(link, topology)
         self._host = topology.host
         self._inflight: dict[str, InFlight] = {}
@@ -226,16 +229,31 @@ class CommandService:
                 self._reject(delivery, error.command_id, error.op, error.fingerprint, ErrorCode.invalid,
                              error.reason, received_at)
             return
-        if self._answered_from_journal(delivery, command.id, command.fingerprint, command.op):
+        with self._lock:
+            flight = self._inflight.get(command.id)
+            if flight is not None and flight.command.fingerprint == command.fingerprint:
+                flight.repeats.append(delivery)
+                return
+        reply_to, correlation_id = _reply_to(delivery), _correlation(delivery, command.id)
+        # The insert tells a new id from a known one: no look-up on the common path.
+        new = self._journal.receive(command.id, command.fingerprint, command.op, body=delivery.body,
+                                    reply_to=reply_to, correlation_id=correlation_id)
+        if not new and self._answered_from_journal(delivery, command.id, command.fingerprint, command.op):
             return
         if command.deadline is not None and command.deadline < received_at:
             self._reject(delivery, command.id, command.op, command.fingerprint, ErrorCode.expired,
                          f"the deadline {command.deadline.isoformat()} passed before the command was received "
                          f"at {received_at.isoformat()}", received_at)
             return
-        reply_to, correlation_id = _reply_to(delivery), _correlation(delivery, command.id)
-        self._journal.receive(command.id, command.fingerprint, command.op, body=delivery.body, reply_to=reply_to,
-                              correlation_id=correlation_id)
+        try:
+            self._policy.check(delivery.properties.user_id, command)
+        except OperationError as refusal:
+            log.warning("command refused by the authorization policy",
+                        extra={"command_id": command.id, "op": command.op, "user_id": delivery.properties.user_id,
+                               "reason": refusal.message})
+            self._reject(delivery, command.id, command.op, command.fingerprint, refusal.code, refusal.message,
+                         received_at)
+            return
         if command.op == "job.cancel":
             self._cancel(delivery, command, received_at)
             return
@@ -391,7 +409,8 @@ class CommandService:
                                   f"the deadline {command.deadline.isoformat()} passed before the command "
                                   f"could start at {started_at.isoformat()}", flight.received_at)
         else:
-            self._journal.start(command.id)
+            if not OPERATIONS[command.op].read_only:  # a read has nothing to reconcile after a crash
+                self._journal.start(command.id)
             result = self._runner.run(command, received_at=flight.received_at, started_at=started_at,
                                       cancel=job.cancel_requested)
         log.info("command finished", extra={"command_id": command.id, "op": command.op,
@@ -400,9 +419,10 @@ class CommandService:
 
     def _finish(self, flight: InFlight, result: Result) -> None:
         self._metrics.result(result)
-        self._journal.finish(flight.command.id, flight.command.fingerprint, result)
+        body = result.model_dump_json()
+        self._journal.finish(flight.command.id, flight.command.fingerprint, result, body)
         self._results.publish(result, flight.reply_to, flight.correlation_id,
-                              then=lambda: self._settled(flight.command.id))
+                              then=lambda: self._settled(flight.command.id), body=body.encode())
 
     def _settled(self, command_id: str) -> None:
         """The result is confirmed: ack the command and answer the repeats that waited for it."""

@@ -51,6 +51,7 @@ class BarePika:
         return self.requester.pipelined(self.bodies(count), in_flight)
 
     def close(self) -> None:
+        self.requester.channel.queue_delete(self.queue)
         self.requester.close()
         self.process.terminate()
         self.process.wait(timeout=10)

@@ -1,7 +1,8 @@
 """The bare-pika floor: a replier with manual acks and publisher confirms, doing no work.
 
     python replier.py QUEUE PREFETCH
-Consumes QUEUE, publishes each body back to its reply_to (confirmed), then acks the request."""
+Consumes QUEUE (a quorum queue, like the worker's command queue), publishes each body back to its
+reply_to (confirmed), then acks the request."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def main() -> None:
     connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     channel = connection.channel()
     channel.confirm_delivery()
-    channel.queue_declare(queue, auto_delete=True)
+    channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
     channel.basic_qos(prefetch_count=prefetch)
 
     def reply(ch, method, properties, body):

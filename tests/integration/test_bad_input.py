@@ -209,3 +209,32 @@ def test_a_burst_of_garbage_does_not_stall_the_worker(harness, raw):
         raw.send(b"garbage %d" % index, reply=False)
     assert ok(harness.client().call("host.info", {}, timeout=30))["host_id"] == harness.host
     assert len(dead_letters(harness, wait=5)) == 50
+
+
+def test_the_policy_rejects_what_a_broker_user_may_not_do(make_worker, tmp_path, libvirt_conn):
+    """user_id is validated by RabbitMQ against the connection's user (here: guest)."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[default]\nops = []\n[users.guest]\nops = ["host.info", "pool.*"]\npools = ["allowed-*"]\n')
+    harness = make_worker(policy_file=policy)
+    sender = RawSender(harness)
+    try:
+        def send(op, args):
+            body = json.dumps({"id": str(uuid.uuid4()), "op": op, "args": args}).encode()
+            correlation_id = str(uuid.uuid4())
+            sender.channel.basic_publish(sender.topology.commands_exchange, sender.topology.command_routing_key, body,
+                                         pika.BasicProperties(reply_to=sender.reply_queue, user_id="guest",
+                                                              correlation_id=correlation_id, delivery_mode=2))
+            return sender.reply(correlation_id)[0]
+
+        assert send("host.info", {})["status"] == "succeeded"
+        refused = send("volume.delete", {"pool": "allowed-1", "name": "v"})
+        assert refused["status"] == "rejected" and refused["error"]["code"] == "forbidden"
+        assert "'guest'" in refused["error"]["message"] and "volume.delete" in refused["error"]["message"]
+        name = harness.name("pool")
+        outside = send("pool.define", {"name": name, "type": "dir", "target": {"path": str(harness.root / name)}})
+        assert outside["error"]["code"] == "forbidden" and f"'{name}'" in outside["error"]["message"]
+        assert name not in [p.name() for p in libvirt_conn.listAllStoragePools(0)]
+        anonymous = sender.call(command("host.info", {}))
+        assert anonymous["error"]["code"] == "forbidden", "no user_id: the default rule, which allows nothing"
+    finally:
+        sender.close()

@@ -72,10 +72,12 @@ def test_configure_installs_one_handler_with_the_format(fmt, formatter):
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
     try:
-        configure(fmt, "DEBUG", "kvm-01")
+        configure(fmt, "INFO", "kvm-01")
         assert len(root.handlers) == 1 and isinstance(root.handlers[0].formatter, formatter)
-        assert root.level == logging.DEBUG
-        assert logging.getLogger("pika").level == logging.WARNING  # pika's chatter stays out of DEBUG
+        assert root.level == logging.INFO
+        assert logging.getLogger("pika").level == logging.CRITICAL  # the link reports connection trouble
+        configure(fmt, "DEBUG", "kvm-01")
+        assert logging.getLogger("pika").level == logging.DEBUG
     finally:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)

@@ -162,10 +162,10 @@ class AmqpLink:
         self._connection.add_on_connection_blocked_callback(self._on_blocked)
         self._connection.add_on_connection_unblocked_callback(self._on_unblocked)
 
-    def _schedule_reconnect(self, reason: str) -> None:
+    def _schedule_reconnect(self, what: str, reason: str) -> None:
         delay = self._backoff * random.uniform(0.5, 1.0)
         self._backoff = min(self._backoff * 2, RECONNECT_MAX)
-        log.warning("broker connection lost; reconnecting", extra={"reason": reason, "delay_s": round(delay, 2)})
+        log.warning(f"{what}; trying again", extra={"reason": reason, "delay_s": round(delay, 2)})
         self._ioloop.call_later(delay, self._connect)
 
     def _on_open_error(self, _connection: Any, error: Exception) -> None:
@@ -173,7 +173,7 @@ class AmqpLink:
         if self._stopping:
             self._ioloop.stop()
             return
-        self._schedule_reconnect(f"cannot connect: {error!r}")
+        self._schedule_reconnect("cannot connect to the broker", repr(error))
 
     def _on_open(self, connection: pika.SelectConnection) -> None:
         connection.channel(on_open_callback=self._on_publish_channel_open)
@@ -184,7 +184,7 @@ class AmqpLink:
         if self._stopping:
             self._ioloop.stop()
             return
-        self._schedule_reconnect(repr(reason))
+        self._schedule_reconnect("lost the broker connection", repr(reason))
 
     def _lost_channels(self, reason: str) -> None:
         """Channels are gone: unconfirmed publishes go back to the outbox, deliveries become stale."""
