@@ -62,6 +62,7 @@ class _Touch:
 
 
 _STOP = object()
+BATCH = 1000  # items taken from the queue at once
 
 
 class Monitor:
@@ -116,30 +117,55 @@ class Monitor:
         next_pass = time.monotonic() + interval
         while True:
             try:
-                item = self._queue.get(timeout=max(0.0, next_pass - time.monotonic()))
+                batch = [self._queue.get(timeout=max(0.0, next_pass - time.monotonic()))]
             except queue.Empty:
-                item = None
-            if item is _STOP:
+                batch = [None]
+            while len(batch) < BATCH:  # whatever else is waiting is handled together
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if _STOP in batch:
                 return
             try:
-                if item is None:
+                if None in batch:
                     next_pass = time.monotonic() + interval
                     if self._gateway.connected:
                         began = time.monotonic()
                         self._reconcile(publish_pool_changes=False)
                         if self._metrics is not None:
                             self._metrics.reconcile_seconds.set(time.monotonic() - began)
-                else:
-                    self._handle(item)
+                self._handle_batch([item for item in batch if item is not None])
             except (libvirt.libvirtError, OperationError) as error:
                 log.info("monitor pass interrupted by libvirt", extra={"error": str(error)})
             except Exception:
                 log.exception("monitor pass failed")
 
+    def _handle_batch(self, items: list[object]) -> None:
+        """In arrival order, but each run of pool signals together, and each touched pool once."""
+        signals: list[_PoolSignal] = []
+        touched: set[str] = set()
+        for item in items:
+            if isinstance(item, _PoolSignal):
+                signals.append(item)
+                continue
+            if signals:
+                self._on_pool_signals(signals)
+                signals = []
+            if isinstance(item, _Touch):
+                touched.add(item.pool)
+            else:
+                self._handle(item)
+        if signals:
+            self._on_pool_signals(signals)
+        for name in touched:
+            pool = self._lookup(name)
+            if pool is not None:
+                self._inventory.set_pool(pool)
+                self._check_capacity(pool)
+
     def _handle(self, item: object) -> None:
-        if isinstance(item, _PoolSignal):
-            self._on_pool_signal(item)
-        elif isinstance(item, _Connected):
+        if isinstance(item, _Connected):
             first = not self._ever_connected
             self._ever_connected = True
             self._blind = False
@@ -152,42 +178,46 @@ class Monitor:
             if not self._blind:
                 self._blind = True
                 self._worker_event(EventType.libvirt_disconnected, item.reason)
-        elif isinstance(item, _Touch):
-            pool = self._lookup(item.pool)
-            if pool is not None:
-                self._inventory.set_pool(pool)
-                self._check_capacity(pool)
 
     def _conn(self) -> libvirt.virConnect:
         return self._gateway.connection()
 
     def _lookup(self, name: str) -> PoolObject | None:
         try:
-            return pool_object(self._conn().storagePoolLookupByName(name))
+            return pool_object(self._conn().storagePoolLookupByName(name), self._inventory.pool(name))
         except libvirt.libvirtError as error:
             if error.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
                 return None
             raise
 
-    def _on_pool_signal(self, signal: _PoolSignal) -> None:
-        if signal.kind in (EventType.pool_defined, EventType.pool_undefined):
-            self._gateway.forget_pools(signal.pool)
-        pool = self._lookup(signal.pool)
-        if pool is None:
-            pool = self._inventory.pool(signal.pool)  # gone: publish its last known object
-        if pool is None:
-            log.info("pool event for a pool never seen", extra={"pool": signal.pool, "event": signal.kind.value})
-            return
-        if signal.kind is EventType.pool_undefined:
-            self._inventory.forget_pool(signal.pool)
-            self._capacity.forget(signal.pool)
-        else:
+    def _on_pool_signals(self, signals: list[_PoolSignal]) -> None:
+        """Publish each signal in order; look each pool up once for the whole run of signals."""
+        redefined = {s.pool for s in signals if s.kind in (EventType.pool_defined, EventType.pool_undefined)}
+        for name in redefined:
+            self._gateway.forget_pools(name)
+        before = {s.pool: self._inventory.pool(s.pool) for s in signals}
+        now = {name: self._lookup(name) for name in before}
+        relist: set[str] = set()
+        for signal in signals:
+            # A pool that is gone, or the one an undefine removed, is published as last known.
+            last = before[signal.pool] if signal.kind is EventType.pool_undefined else None
+            pool = last or now[signal.pool] or before[signal.pool]
+            if pool is None:
+                log.info("pool event for a pool never seen", extra={"pool": signal.pool, "event": signal.kind.value})
+                continue
+            self._events.emit(signal.kind, PoolEventData(pool=pool), subject=f"pools/{pool.name}",
+                              command_id=signal.command_id, observed_at=signal.at)
+            if signal.kind in (EventType.pool_refreshed, EventType.pool_started):
+                relist.add(signal.pool)
+        for name, pool in now.items():
+            if pool is None:
+                self._inventory.forget_pool(name)
+                self._capacity.forget(name)
+                continue
             self._inventory.set_pool(pool)
-        self._events.emit(signal.kind, PoolEventData(pool=pool), subject=f"pools/{pool.name}",
-                          command_id=signal.command_id, observed_at=signal.at)
-        if signal.kind in (EventType.pool_refreshed, EventType.pool_started) and pool.state.value == "running":
-            self._reconcile_volumes(signal.pool)
-        self._check_capacity(pool)
+            if name in relist and pool.state.value == "running":
+                self._reconcile_volumes(name)
+            self._check_capacity(pool)
 
     def _take_inventory(self) -> None:
         """First connection: learn what is there without publishing it as changes."""

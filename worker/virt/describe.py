@@ -17,20 +17,27 @@ _STATES = {
 }
 
 
-def pool_object(pool: libvirt.virStoragePool) -> PoolObject:
+def pool_object(pool: libvirt.virStoragePool, known: PoolObject | None = None) -> PoolObject:
+    """The pool as it is now. With `known`, an earlier description of the same pool (same uuid),
+    its type and target path are taken from there instead of asking for the pool's XML again."""
     state, capacity, allocation, available = pool.info()
-    root = parse(pool.XMLDesc(0))
+    uuid = pool.UUIDString()
+    if known is not None and known.uuid == uuid:
+        kind, target_path = known.type, known.target_path
+    else:
+        root = parse(pool.XMLDesc(0))
+        kind, target_path = root.get("type") or "", text_of(root, "target/path")
     return PoolObject(
         name=pool.name(),
-        uuid=pool.UUIDString(),
-        type=root.get("type") or "",
+        uuid=uuid,
+        type=kind,
         state=_STATES.get(state, PoolState.inaccessible),
         persistent=bool(pool.isPersistent()),
         autostart=bool(pool.autostart()),
         capacity=capacity,
         allocation=allocation,
         available=available,
-        target_path=text_of(root, "target/path"),
+        target_path=target_path,
     )
 
 
