@@ -110,16 +110,33 @@ class Journal:
         """`path` is a file, or ":memory:" for tests of pure logic."""
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._path = str(path)
+        self._db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None, timeout=30)
         self._lock = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # No checkpoint inside a command's commit: a checkpoint fsyncs the database, and on a
+            # disk busy with a transfer that can take long enough to stall every command behind the
+            # journal's lock. `checkpoint()` does it from the custody thread instead.
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._db.executescript(_SCHEMA)
+        self._checkpointer: sqlite3.Connection | None = None
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database, on a connection of its own (PASSIVE: it never
+        waits for, nor holds up, the writers)."""
+        if self._path == ":memory:":
+            return
+        if self._checkpointer is None:
+            self._checkpointer = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _run(self, sql: str, parameters: tuple = ()) -> sqlite3.Cursor:
         with self._lock:

@@ -374,6 +374,7 @@ class CommandService:
         while not self._stopping.wait(HEARTBEAT):
             try:
                 self._journal.heartbeat(self._owner)
+                self._journal.checkpoint()
                 now = time.monotonic()
                 with self._lock:
                     overdue = [f for f in self._inflight.values()
