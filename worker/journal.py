@@ -49,6 +49,10 @@ CREATE TABLE IF NOT EXISTS owners (
     pid       INTEGER NOT NULL,
     heartbeat REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dead_lettered (
+    key TEXT PRIMARY KEY,
+    at  REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     exchange    TEXT NOT NULL,
@@ -235,7 +239,16 @@ class Journal:
                     "DELETE FROM commands WHERE id IN (SELECT id FROM commands WHERE state = 'finished' "
                     "AND published = 1 ORDER BY updated_at LIMIT ?)", (excess,)).rowcount
         self._run("DELETE FROM owners WHERE heartbeat < ?", (time.time() - 7 * 86400,))
+        self._run("DELETE FROM dead_lettered WHERE at < ?", (cutoff,))
         return removed
+
+    # ---- undecodable messages already dead-lettered --------------------------------------------------
+
+    def dead_lettered(self, key: str) -> bool:
+        return self._run("SELECT 1 FROM dead_lettered WHERE key = ?", (key,)).fetchone() is not None
+
+    def mark_dead_lettered(self, key: str) -> None:
+        self._run("INSERT OR IGNORE INTO dead_lettered (key, at) VALUES (?, ?)", (key, time.time()))
 
     # ---- event outbox ------------------------------------------------------------------------------
 

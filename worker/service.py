@@ -25,6 +25,7 @@ broker never confirmed (the process died first) are published again at start.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
@@ -298,13 +299,23 @@ class CommandService:
         return False  # received or running in a process that died before owning it: run it again
 
     def _undecodable(self, delivery: Delivery, reason: str, received_at: datetime) -> None:
-        """Not a command at all: answer reply_to if any, record on the results exchange, dead-letter."""
+        """Not a command at all: answer reply_to if any, record on the results exchange, dead-letter.
+        A redelivery of one already dead-lettered (its ack was lost) is only acknowledged."""
         message_id = delivery.properties.message_id
+        key = f"message-id:{message_id}" if message_id else f"sha256:{hashlib.sha256(delivery.body).hexdigest()}"
+        if delivery.redelivered and self._journal.dead_lettered(key):
+            self._link.ack(delivery)
+            return
         log.warning("undecodable message dead-lettered", extra={"reason": reason, "message_id": message_id})
         result = error_result(message_id, None, self._host, Status.rejected, ErrorCode.invalid,
                               f"the message cannot be read as a command: {reason}", received_at)
         self._metrics.result(result)
-        done = countdown(2, lambda: self._link.ack(delivery))
+
+        def settled() -> None:
+            self._journal.mark_dead_lettered(key)
+            self._link.ack(delivery)
+
+        done = countdown(2, settled)
         self._results.publish(result, _reply_to(delivery), _correlation(delivery, message_id), then=done)
         self._results.dead_letter(delivery, reason, then=done)
 

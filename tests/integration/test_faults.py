@@ -253,7 +253,11 @@ def test_poison_and_undecodable_messages_end_in_the_dead_queue_and_nothing_else(
     assert rig.workload.tally.originals(poison)[0]["status"] == "succeeded"
     listing = subprocess.run([CLI, "dead", "list", "--json", "--host-id", rig.tag, "--prefix", rig.prefix,
                               "--amqp-url", AMQP_URL], capture_output=True, text=True, timeout=30)
-    assert [json.loads(line)["message_id"] for line in listing.stdout.splitlines()] == [undecodable]
+    # Dead-lettering is at least once: a worker killed between the copy's confirm and the ack sends
+    # the copy again on redelivery (identical), never loses it.
+    remaining = [json.loads(line) for line in listing.stdout.splitlines()]
+    assert {d["message_id"] for d in remaining} == {undecodable}
+    assert len({d["body"] for d in remaining}) == 1
 
 
 def test_sigterm_drains_and_a_second_signal_exits_at_once(rig):
