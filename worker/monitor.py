@@ -182,11 +182,16 @@ class Monitor:
     def _conn(self) -> libvirt.virConnect:
         return self._gateway.connection()
 
-    def _lookup(self, name: str) -> PoolObject | None:
+    def _lookup(self, name: str, fresh: bool = False) -> PoolObject | None:
+        """The pool now; with `fresh`, every field asked for again (after a (re)definition)."""
+        handle = self._gateway.pool(name)
+        if handle is None:
+            return None
         try:
-            return pool_object(self._conn().storagePoolLookupByName(name), self._inventory.pool(name))
+            return pool_object(handle, None if fresh else self._inventory.pool(name))
         except libvirt.libvirtError as error:
             if error.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                self._gateway.forget_pools(name)
                 return None
             raise
 
@@ -196,7 +201,7 @@ class Monitor:
         for name in redefined:
             self._gateway.forget_pools(name)
         before = {s.pool: self._inventory.pool(s.pool) for s in signals}
-        now = {name: self._lookup(name) for name in before}
+        now = {name: self._lookup(name, fresh=name in redefined) for name in before}
         relist: set[str] = set()
         for signal in signals:
             # A pool that is gone, or the one an undefine removed, is published as last known.

@@ -19,25 +19,25 @@ _STATES = {
 
 def pool_object(pool: libvirt.virStoragePool, known: PoolObject | None = None) -> PoolObject:
     """The pool as it is now. With `known`, an earlier description of the same pool (same uuid),
-    its type and target path are taken from there instead of asking for the pool's XML again."""
+    only its state and sizes are asked for (one round trip instead of four): type, target path,
+    persistence and autostart are taken from there. The periodic re-listing asks for everything."""
     state, capacity, allocation, available = pool.info()
     uuid = pool.UUIDString()
     if known is not None and known.uuid == uuid:
-        kind, target_path = known.type, known.target_path
-    else:
-        root = parse(pool.XMLDesc(0))
-        kind, target_path = root.get("type") or "", text_of(root, "target/path")
+        return known.model_copy(update={"state": _STATES.get(state, PoolState.inaccessible), "capacity": capacity,
+                                        "allocation": allocation, "available": available})
+    root = parse(pool.XMLDesc(0))
     return PoolObject(
         name=pool.name(),
         uuid=uuid,
-        type=kind,
+        type=root.get("type") or "",
         state=_STATES.get(state, PoolState.inaccessible),
         persistent=bool(pool.isPersistent()),
         autostart=bool(pool.autostart()),
         capacity=capacity,
         allocation=allocation,
         available=available,
-        target_path=target_path,
+        target_path=text_of(root, "target/path"),
     )
 
 
