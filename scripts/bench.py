@@ -333,29 +333,28 @@ def main() -> int:
     root.mkdir(parents=True)
     scratch = root / "scratch"
     scratch.mkdir()
-    worker = WorkerProcess(tag, root, root / "state", reconcile_interval=1)
     pool = BenchPool(f"bench-{tag}", root)
     table = Table()
     print(f"machine: {platform.node()} {os.cpu_count()} cores, {platform.platform()}, "
           f"python {platform.python_version()}", flush=True)
     began = time.monotonic()
+    # Each area gets a fresh worker (its memory figures start clean) and a disk with nothing left
+    # to write; transfers come last, since the gigabytes they write keep the disk busy a while.
+    areas_in_order = [("commands", lambda w: (bench_commands(table, w, pool), bench_memory(table, w, pool))),
+                      ("events", lambda w: bench_events(table, w, pool)),
+                      ("scale", lambda w: bench_scale(table, w, root)),
+                      ("transfers", lambda w: bench_transfers(table, w, pool, scratch))]
     try:
-        # Transfers last: the gigabytes they write keep the disk busy for a while afterwards, and
-        # the broker's and the journal's fsyncs would pay for it in the other areas' figures.
-        if "commands" in areas:
+        for index, (area, run) in enumerate(areas_in_order):
+            if area not in areas:
+                continue
             subprocess.run(["sync"], check=True)
-            bench_commands(table, worker, pool)
-            bench_memory(table, worker, pool)
-        if "events" in areas:
-            subprocess.run(["sync"], check=True)
-            bench_events(table, worker, pool)
-        if "scale" in areas:
-            subprocess.run(["sync"], check=True)
-            bench_scale(table, worker, root)
-        if "transfers" in areas:
-            bench_transfers(table, worker, pool, scratch)
+            worker = WorkerProcess(f"{tag}{index}", root, root / f"state-{area}", reconcile_interval=1)
+            try:
+                run(worker)
+            finally:
+                worker.stop()
     finally:
-        worker.stop()
         pool.remove()
         subprocess.run(["rm", "-rf", str(root)], check=False)
     print(f"\n{table.render()}\n(ran in {time.monotonic() - began:.0f} s)")

@@ -184,20 +184,16 @@ class Journal:
     def mark_published(self, command_id: str) -> None:
         self._run("UPDATE commands SET published = 1 WHERE id = ?", (command_id,))
 
-    def unpublished(self) -> list[Entry]:
-        """Finished commands whose result the broker never confirmed (the result outbox)."""
-        rows = self._run(f"SELECT {_COLUMNS} FROM commands WHERE state = 'finished' AND published = 0 "
-                         "AND result IS NOT NULL ORDER BY updated_at").fetchall()
-        return [_entry(row) for row in rows]
-
     def orphans(self, me: str, stale_after: float) -> list[Entry]:
-        """Unfinished commands the journal owns for an owner that is gone: its heartbeat is older
-        than `stale_after` seconds, or its process no longer exists on this machine."""
+        """What the journal holds for an owner that is gone (its heartbeat is older than
+        `stale_after` seconds, or its process no longer exists on this machine): unfinished
+        commands, and finished ones whose result the broker never confirmed."""
         cutoff = time.time() - stale_after
         rows = self._run(
             f"SELECT {', '.join('c.' + c for c in _COLUMNS.split(', '))}, o.hostname, o.pid, o.heartbeat "
             "FROM commands c LEFT JOIN owners o ON o.owner = c.owner "
-            "WHERE c.state != 'finished' AND c.owner IS NOT NULL AND c.owner != ?", (me,)).fetchall()
+            "WHERE (c.state != 'finished' OR c.published = 0) AND c.owner IS NOT NULL AND c.owner != ?",
+            (me,)).fetchall()
         here = socket.gethostname()
         found = []
         for row in rows:
@@ -210,8 +206,8 @@ class Journal:
     def take_over(self, command_id: str, old_owner: str, new_owner: str) -> bool:
         """Atomically move an orphan to a new owner, counting the resume; False when someone else
         was faster."""
-        cursor = self._run("UPDATE commands SET owner = ?, resumes = resumes + 1 "
-                           "WHERE id = ? AND owner = ? AND state != 'finished'", (new_owner, command_id, old_owner))
+        cursor = self._run("UPDATE commands SET owner = ?, resumes = resumes + 1 WHERE id = ? AND owner = ?",
+                           (new_owner, command_id, old_owner))
         return cursor.rowcount == 1
 
     def heartbeat(self, owner: str) -> None:

@@ -173,23 +173,37 @@ class CommandService:
                               extra={"delivery_tag": item.delivery_tag})
                 self._link.requeue(item)
 
+    def _republish(self, entry: Entry, delivery: Delivery | None = None) -> None:
+        """Publish a stored result the broker never confirmed: the run that made it died first.
+        `delivery`, a redelivery of its command, is acknowledged once the broker confirms."""
+        with self._lock:
+            self._inflight[entry.id] = InFlight(command=_placeholder(entry), received_at=entry.result.received_at,
+                                                reply_to=entry.reply_to, correlation_id=entry.correlation_id,
+                                                delivery=delivery)
+        log.info("publishing a result the broker never confirmed", extra={"command_id": entry.id})
+        reply_to = entry.reply_to or (_reply_to(delivery) if delivery else None)
+        correlation_id = entry.correlation_id or (_correlation(delivery, entry.id) if delivery else None)
+        self._results.publish(entry.result, reply_to, correlation_id,
+                              then=lambda command_id=entry.id: self._settled(command_id))
+
     def _recover(self) -> None:
-        for entry in self._journal.unpublished():
-            with self._lock:
-                self._inflight[entry.id] = InFlight(command=_placeholder(entry), received_at=entry.result.received_at,
-                                                    reply_to=entry.reply_to, correlation_id=entry.correlation_id)
-            log.info("publishing a result the broker never confirmed", extra={"command_id": entry.id})
-            self._results.publish(entry.result, entry.reply_to, entry.correlation_id,
-                                  then=lambda command_id=entry.id: self._settled(command_id))
         self._resume_orphans()
 
     def _resume_orphans(self) -> None:
+        """Take over what dead owners left: publish their unconfirmed results, run their unfinished
+        commands again. (Commands the journal did not own come back from the broker instead.)"""
         for entry in self._journal.orphans(self._owner, STALE_AFTER):
-            if entry.body is None or not self._journal.take_over(entry.id, entry.owner, self._owner):
+            if not self._journal.take_over(entry.id, entry.owner, self._owner):
                 continue
             with self._lock:
                 if entry.id in self._inflight:
                     continue
+            if entry.state is State.finished:
+                if entry.result is not None:
+                    self._republish(entry)
+                continue
+            if entry.body is None:
+                continue
             try:
                 command = decode(entry.body)
             except (Undecodable, CommandRejected):
@@ -293,9 +307,14 @@ class CommandService:
                                       then=lambda: self._link.ack(delivery))
             return True
         if entry.state is State.finished and entry.result is not None:
+            if not entry.published:  # the run that made it died before the broker confirmed it
+                self._republish(entry, delivery)
+                return True
             self._results.answer_only(entry.result.model_copy(update={"duplicate": True}), _reply_to(delivery),
                                       _correlation(delivery, command_id), then=lambda: self._link.ack(delivery))
             return True
+        log.info("running again a command an earlier run did not finish",
+                 extra={"command_id": command_id, "op": op, "state": entry.state.value})
         return False  # received or running in a process that died before owning it: run it again
 
     def _undecodable(self, delivery: Delivery, reason: str, received_at: datetime) -> None:

@@ -107,10 +107,11 @@ class Tally:
     def statuses(self) -> Counter:
         return Counter(self.originals(c)[0]["status"] for c in self.sent if self.originals(c))
 
-    def report(self, scenario: str) -> str:
+    def report(self, scenario: str, reruns: int) -> str:
         line = (f"[{scenario}] sent={len(self.sent)} results={sum(1 for c in self.sent if self.originals(c))} "
                 f"duplicates={self.duplicates()} redundant={self.redundant()} lost={len(self.missing())} "
-                f"double_side_effects={len(self.double_side_effects())} statuses={dict(self.statuses())}")
+                f"double_side_effects={len(self.double_side_effects())} reruns={reruns} "
+                f"statuses={dict(self.statuses())}")
         print(line)
         return line
 
