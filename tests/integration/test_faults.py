@@ -24,6 +24,7 @@ import pytest
 from tests.conftest import AMQP_URL, LIBVIRT_URI, unique
 from tests.integration.conftest import (broker_connection_pid, delete_broker_objects, rabbitmqctl, remove_pools,
                                         wait_for)
+from tests.integration.conftest import queue_depth as queue_messages
 from tests.integration.processes import CLI, WorkerProcess, Workload
 from tests.integration.test_libvirt_reconnect import libvirtd_answers, start_libvirtd, stop_libvirtd
 from worker.config import Settings
@@ -336,7 +337,8 @@ def test_journal_owned_long_job_is_resumed_by_the_restarted_worker(rig):
     wipe = rig.workload.send("volume.wipe", {"pool": rig.pool, "name": "big.raw"})
     wait_for(lambda: rig.journal_state(wipe) == "running", 20, "the wipe to start")
     # A long job is acknowledged as soon as the journal holds it, long before it ends ...
-    wait_for(lambda: rig.queue_depth() == 0, 10, "the wipe's delivery to be acknowledged")
+    wait_for(lambda: queue_messages(f"{rig.prefix}.commands.{rig.tag}") == 0, 10,
+             "the wipe's delivery to be acknowledged (no message ready or unacknowledged)")
     worker.kill()
     # ... so the broker has nothing to redeliver: the restarted worker resumes it from the journal.
     assert rig.queue_depth() == 0
