@@ -90,6 +90,8 @@ class Worker:
             problems.append("the worker is stopping")
         if not self.link.is_ready:
             problems.append("the broker channels are not open")
+        if self.link.blocked:
+            problems.append("the broker blocks publishing (a memory or disk alarm)")
         if not self.gateway.connected:
             problems.append(f"libvirt at {self.settings.libvirt_uri} is not connected")
         return problems

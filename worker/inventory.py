@@ -87,10 +87,6 @@ class Inventory:
         with self._lock:
             return pool in self._volumes
 
-    def volume(self, pool: str, name: str) -> VolumeObject | None:
-        with self._lock:
-            return self._volumes.get(pool, {}).get(name)
-
     def volume_count(self) -> int:
         with self._lock:
             return sum(len(v) for v in self._volumes.values())

@@ -176,7 +176,6 @@ class Sender:
         self.tick = tick
         self.position = 0  # bytes of the source consumed, holes included
         self.data_bytes = 0  # bytes sent as data
-        self.real_holes = False
         self._written = 0  # the stream's position
         self._pending_hole = 0
 
@@ -205,7 +204,6 @@ class Sender:
         start = self._written
         if self.gate is not None and self.gate.allows(start, start + length):
             self.stream.sendHole(length, 0)
-            self.real_holes = True
             self._written += length
             return
         left = length
@@ -215,12 +213,6 @@ class Sender:
             left -= n
             if left:
                 self.tick(self.position)
-
-    def trailing_hole(self, length: int) -> None:
-        """A hole after the source's end that only restores the volume's length (not progress)."""
-        self.flush()
-        if length > 0 and self.real_holes:
-            self.stream.sendHole(length, 0)
 
     def _hole(self, length: int) -> None:
         self._pending_hole += length
