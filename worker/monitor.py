@@ -128,7 +128,9 @@ class Monitor:
             if _STOP in batch:
                 return
             try:
-                if None in batch:
+                # Due, whether or not the queue went quiet: a steady stream of callbacks must not
+                # starve the re-listing that finds what they do not report.
+                if time.monotonic() >= next_pass:
                     next_pass = time.monotonic() + interval
                     if self._gateway.connected:
                         began = time.monotonic()
@@ -221,25 +223,46 @@ class Monitor:
                 continue
             self._inventory.set_pool(pool)
             if name in relist and pool.state.value == "running":
-                self._reconcile_volumes(name)
+                self._per_pool(name, lambda name=name: self._reconcile_volumes(name))
             self._check_capacity(pool)
+
+    def _listed_pools(self) -> tuple[dict[str, libvirt.virStoragePool], dict[str, PoolObject]]:
+        """Every pool and its description; a pool that cannot be described (gone since the
+        listing, or broken) is left out of this pass rather than ending it."""
+        handles, described = {}, {}
+        for handle in self._conn().listAllStoragePools(0):
+            name = handle.name()
+            try:
+                described[name] = pool_object(handle)
+            except libvirt.libvirtError as error:
+                log.warning("cannot describe pool; skipped in this pass", extra={"pool": name, "error": str(error)})
+                continue
+            handles[name] = handle
+        return handles, described
+
+    def _per_pool(self, name: str, action: Callable[[], None]) -> None:
+        """One pool's trouble (a missing directory, a volume libvirt cannot read) stays its own."""
+        try:
+            action()
+        except libvirt.libvirtError as error:
+            log.warning("cannot list the volumes of pool; skipped in this pass",
+                        extra={"pool": name, "error": str(error)})
 
     def _take_inventory(self) -> None:
         """First connection: learn what is there without publishing it as changes."""
-        pools = [pool_object(p) for p in self._conn().listAllStoragePools(0)]
-        self._inventory.replace_pools(pools)
-        for pool in pools:
+        handles, pools = self._listed_pools()
+        self._inventory.replace_pools(pools.values())
+        for name, pool in pools.items():
             if pool.state.value == "running":
-                handle = self._conn().storagePoolLookupByName(pool.name)
-                self._inventory.set_volumes(pool.name, [volume_object(pool.name, v) for v in handle.listAllVolumes(0)])
+                self._per_pool(name, lambda name=name: self._inventory.set_volumes(
+                    name, [volume_object(name, v) for v in handles[name].listAllVolumes(0)]))
             self._check_capacity(pool)
         log.info("inventory taken", extra={"pools": len(pools), "volumes": self._inventory.volume_count()})
 
     def _reconcile(self, *, publish_pool_changes: bool) -> None:
         """Re-list pools and volumes; publish volume changes made outside the worker, and after a
         reconnect also the pool changes libvirt's callbacks could not report."""
-        pools = {p.name(): p for p in self._conn().listAllStoragePools(0)}
-        now = {name: pool_object(handle) for name, handle in pools.items()}
+        pools, now = self._listed_pools()
         if publish_pool_changes:
             changes = diff_pools(self._inventory.pools(), now)
             for kind, changed in ((EventType.pool_defined, changes.defined), (EventType.pool_started, changes.started),
@@ -250,7 +273,7 @@ class Monitor:
         self._inventory.replace_pools(now.values())
         for name, pool in now.items():
             if pool.state.value == "running":
-                self._reconcile_volumes(name, pools[name])
+                self._per_pool(name, lambda name=name: self._reconcile_volumes(name, pools[name]))
             self._check_capacity(pool)
 
     def _reconcile_volumes(self, pool_name: str, handle: libvirt.virStoragePool | None = None) -> None:

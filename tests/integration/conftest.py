@@ -63,25 +63,36 @@ def remove_pools(prefix: str) -> None:
 
 def _remove_pools(conn: libvirt.virConnect, prefix: str) -> None:
     for pool in conn.listAllStoragePools(0):
-        if not pool.name().startswith(prefix):
-            continue
+        if pool.name().startswith(prefix):
+            _remove_pool(pool)
+
+
+def _remove_pool(pool: libvirt.virStoragePool, patience: float = 120.0) -> None:
+    """Volumes, then the pool. A wipe or clone that libvirtd carries on with after a worker under
+    test was killed keeps a volume "in use": wait for it rather than leave the pool behind."""
+    end = time.monotonic() + patience
+    while True:
         try:
             if not pool.isActive():
                 pool.create(0)
             pool.refresh(0)
             for volume in pool.listAllVolumes(0):
                 volume.delete(0)
-        except libvirt.libvirtError:
-            pass
-        try:
-            if pool.isActive():
-                pool.destroy()
-        except libvirt.libvirtError:
-            pass
-        try:
-            pool.undefine()
-        except libvirt.libvirtError:
-            pass
+            break
+        except libvirt.libvirtError as error:
+            busy = any(m in str(error) for m in ("in use", "asynchronous jobs", "being allocated"))
+            if not busy or time.monotonic() > end:
+                break
+            time.sleep(0.5)
+    try:
+        if pool.isActive():
+            pool.destroy()
+    except libvirt.libvirtError:
+        pass
+    try:
+        pool.undefine()
+    except libvirt.libvirtError:
+        pass
 
 
 @dataclass

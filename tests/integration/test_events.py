@@ -242,3 +242,30 @@ def test_every_event_is_a_valid_cloudevent_and_sequences_have_no_gaps(watched):
         assert event.get_source() == f"/storage-worker/{harness.host}"
         assert event.get_extension("host") == harness.host
         assert event.get_time() is not None and body["time"].endswith("Z") and len(body["time"]) == 24
+
+
+def test_a_broken_pool_does_not_stop_the_relisting_of_the_others(watched, libvirt_conn, tmp_path):
+    """A pool libvirt cannot describe all volumes of (a file removed behind its back) is skipped;
+    changes in the other pools are still reported."""
+    from tests.conftest import unique
+
+    broken = f"{unique('t')}-broken"
+    directory = tmp_path / broken
+    directory.mkdir()
+    pool = libvirt_conn.storagePoolCreateXML(
+        f"<pool type='dir'><name>{broken}</name><target><path>{directory}</path></target></pool>", 0)
+    try:
+        pool.createXML("<volume><name>gone.raw</name><capacity>1024</capacity></volume>", 0)
+        (directory / "gone.raw").unlink()
+        harness, stream = watched()
+        client = harness.client()
+        healthy = harness.name("pool")
+        ok(client.call("pool.define", {"name": healthy, "type": "dir",
+                                       "target": {"path": str(harness.root / healthy)}, "build": True, "start": True}))
+        time.sleep(1.5)
+        subprocess.run(["virsh", "-q", "vol-create-as", healthy, "seen.raw", "1M"], check=True, capture_output=True)
+        created = stream.wait(lambda e: e["type"] == "storage.volume.created" and e["data"]["pool"] == healthy,
+                              5, "the create in the healthy pool")
+        assert created[0]["data"]["volume"]["name"] == "seen.raw"
+    finally:
+        pool.destroy()

@@ -183,11 +183,21 @@ def test_broker_connection_closed_three_times_and_one_broker_restart(rig):
     worker = rig.worker().start()
     worker.wait_online()
 
+    faults_done = [0]
+
+    def consuming_again() -> None:
+        """Each fault waits until the worker has recovered from the one before."""
+        wait_for(lambda: worker.log_path.read_text().count('"consuming"') > faults_done[0], 60,
+                 "the worker to consume again")
+        faults_done[0] += 1
+
     def close_worker_connection():
+        consuming_again()
         pid = wait_for(lambda: broker_connection_pid(f"storage-worker {rig.tag}"), 60, "the worker's connection")
         rabbitmqctl("close_connection", pid, "fault test")
 
     def restart_broker():
+        consuming_again()
         rabbitmqctl("stop_app")
         rabbitmqctl("start_app")
         rabbitmqctl("await_startup")
