@@ -53,9 +53,10 @@ def test_heartbeats_survive_an_operation_longer_than_three_intervals(make_worker
     pool = harness.name("pool")
     ok(client.call("pool.define", {"name": pool, "type": "dir", "target": {"path": str(harness.root / pool)},
                                    "build": True, "start": True}))
-    allocated_volume(client, pool, "long.raw", 4 * GiB)
+    allocated_volume(client, pool, "long.raw", 2 * GiB)
     pid = broker_connection_pid(f"storage-worker {harness.host}")
-    result = client.call("volume.delete", {"pool": pool, "name": "long.raw", "wipe": True}, timeout=300)
+    # Four passes of scrub over 2 GiB: far longer than three 2 s heartbeat intervals on any disk.
+    result = client.call("volume.wipe", {"pool": pool, "name": "long.raw", "algorithm": "nnsa"}, timeout=300)
     assert result.status.value == "succeeded", result
     started, finished = interval(result)
     assert (finished - started).total_seconds() > 3 * 2, "the operation must outlast three heartbeat intervals"
