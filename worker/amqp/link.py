@@ -362,6 +362,10 @@ class AmqpLink:
             return
         if pending:
             log.warning("closing with publishes the broker has not confirmed", extra={"pending": pending})
+        # The last confirms may have queued acks (call_soon) that have not run yet: close after them.
+        self.call_soon(self._close_now)
+
+    def _close_now(self) -> None:
         self._stopping = True
         if self._connection is not None and self._connection.is_open:
             self._connection.close()
