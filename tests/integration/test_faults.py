@@ -84,6 +84,16 @@ def rig(broker_ok, tmp_path):
                      '"publishing a result the broker never confirmed"')
             return sum(process.log_path.read_text().count(mark) for process in workers for mark in marks)
 
+        def allocated_volume(self, name: str, size: int) -> None:
+            """A fully allocated volume, made directly with libvirt (slow to wipe: a long job)."""
+            conn = libvirt.open(LIBVIRT_URI)
+            try:
+                conn.storagePoolLookupByName(self.pool).createXML(
+                    f"<volume><name>{name}</name><capacity>{size}</capacity><allocation>{size}</allocation>"
+                    "</volume>", 0)
+            finally:
+                conn.close()
+
         def queue_depth(self) -> int:
             connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
             try:
@@ -228,11 +238,7 @@ def test_libvirtd_restart_mid_workload(rig):
 def test_poison_and_undecodable_messages_end_in_the_dead_queue_and_nothing_else(rig):
     worker = rig.worker(delivery_limit=2).start()
     worker.wait_online()
-    conn = libvirt.open(LIBVIRT_URI)
-    pool = conn.storagePoolLookupByName(rig.pool)
-    pool.createXML(f"<volume><name>poison.raw</name><capacity>{2 * 1024 * MiB}</capacity>"
-                   f"<allocation>{2 * 1024 * MiB}</allocation></volume>", 0)
-    conn.close()
+    rig.allocated_volume("poison.raw", 2048 * MiB)
     undecodable = rig.workload.send("", {}, command_id="garbage-1", body=b"\x00 not a command")
     # A command whose handling the worker never survives: it dies (here: is killed) every time it runs.
     poison = rig.workload.send("volume.delete", {"pool": rig.pool, "name": "poison.raw", "wipe": True},
@@ -285,11 +291,7 @@ def test_poison_and_undecodable_messages_end_in_the_dead_queue_and_nothing_else(
 def test_sigterm_drains_and_a_second_signal_exits_at_once(rig):
     worker = rig.worker(concurrency=1).start()
     worker.wait_online()
-    conn = libvirt.open(LIBVIRT_URI)
-    conn.storagePoolLookupByName(rig.pool).createXML(
-        f"<volume><name>slow.raw</name><capacity>{1024 * MiB}</capacity><allocation>{1024 * MiB}</allocation>"
-        "</volume>", 0)
-    conn.close()
+    rig.allocated_volume("slow.raw", 1024 * MiB)
     slow = rig.workload.send("volume.delete", {"pool": rig.pool, "name": "slow.raw", "wipe": True})
     waiting = [rig.workload.send("pool.info", {"name": rig.pool}) for _ in range(5)]
     wait_for(lambda: rig.journal_state(slow) == "running", 20, "the slow command to start")
@@ -308,11 +310,7 @@ def test_sigterm_drains_and_a_second_signal_exits_at_once(rig):
     rig.workload.wait_all(timeout=30)
     assert all(rig.workload.tally.originals(c)[0]["status"] == "succeeded" for c in waiting)
 
-    conn = libvirt.open(LIBVIRT_URI)
-    conn.storagePoolLookupByName(rig.pool).createXML(
-        f"<volume><name>slow2.raw</name><capacity>{2048 * MiB}</capacity><allocation>{2048 * MiB}</allocation>"
-        "</volume>", 0)
-    conn.close()
+    rig.allocated_volume("slow2.raw", 2048 * MiB)
     slow2 = rig.workload.send("volume.delete", {"pool": rig.pool, "name": "slow2.raw", "wipe": True})
     wait_for(lambda: rig.journal_state(slow2) == "running", 20, "the second slow command to start")
     worker.signal(signal.SIGTERM)
@@ -339,11 +337,7 @@ def test_hot_standby_takes_over_with_the_shared_journal(rig):
 def test_journal_owned_long_job_is_resumed_by_the_restarted_worker(rig):
     worker = rig.worker().start()
     worker.wait_online()
-    conn = libvirt.open(LIBVIRT_URI)
-    conn.storagePoolLookupByName(rig.pool).createXML(
-        f"<volume><name>big.raw</name><capacity>{2048 * MiB}</capacity><allocation>{2048 * MiB}</allocation>"
-        "</volume>", 0)
-    conn.close()
+    rig.allocated_volume("big.raw", 2048 * MiB)
     wipe = rig.workload.send("volume.wipe", {"pool": rig.pool, "name": "big.raw"})
     wait_for(lambda: rig.journal_state(wipe) == "running", 20, "the wipe to start")
     # A long job is acknowledged as soon as the journal holds it, long before it ends ...
@@ -364,11 +358,7 @@ def test_memory_alarm_holds_results_until_it_clears(rig):
     worker.wait_online()
     original = rabbitmqctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().").strip()
     assert re.fullmatch(r"[0-9.]+", original), f"cannot restore a watermark of {original!r}"
-    conn = libvirt.open(LIBVIRT_URI)
-    conn.storagePoolLookupByName(rig.pool).createXML(
-        f"<volume><name>slow.raw</name><capacity>{1024 * MiB}</capacity><allocation>{1024 * MiB}</allocation>"
-        "</volume>", 0)
-    conn.close()
+    rig.allocated_volume("slow.raw", 1024 * MiB)
     # Twenty results that can only be published after a few seconds of wiping: during the alarm.
     sent = [rig.workload.send("volume.delete", {"pool": rig.pool, "name": "slow.raw", "wipe": True})]
     sent += [rig.workload.send("volume.info", {"pool": rig.pool, "name": "slow.raw"}) for _ in range(20)]

@@ -3,7 +3,7 @@
 upload:   source{path} (under ALLOWED_ROOTS) or source{url} (under a URL_ALLOWLIST prefix)
           --> libvirt upload stream at `offset` --> the existing volume
 download: the volume's range [offset, offset+length) --> libvirt download stream
-          --> `.name.XXXX.part` next to destination{path} --> os.replace onto the final name
+          --> `.name.<random>.part` next to destination{path} --> os.replace onto the final name
 
 Both move data in constant memory through worker/virt/streams.py (which also explains why holes
 sent into a file volume need care), report storage.job.progress about once a second, and stop within
