@@ -24,7 +24,7 @@ CAUSES: dict[EventType, frozenset[str]] = {
     EventType.pool_stopped: frozenset({"pool.stop"}),
     EventType.pool_built: frozenset({"pool.build", "pool.start", "pool.define"}),
     EventType.pool_deleted: frozenset({"pool.delete"}),
-    EventType.pool_refreshed: frozenset({"pool.refresh"}),
+    EventType.pool_refreshed: frozenset({"pool.refresh", "volume.upload"}),  # libvirt refreshes after an upload
 }
 
 

@@ -76,7 +76,8 @@ class Runner:
                                 f"operation {command.op!r} is not supported by this worker", received_at, started_at)
         ctx = Context(command=command, gateway=self._gateway, settings=self._settings, events=self._events,
                       cancel=cancel, inventory=self._inventory, touch=self._touch)
-        pool_name = getattr(command.args, "name", None) if command.op.startswith("pool.") else None
+        # The pool whose libvirt events this command may cause (pool ops; an upload refreshes its pool).
+        pool_name = getattr(command.args, "name" if command.op.startswith("pool.") else "pool", None)
         if pool_name is not None and self._attribution is not None:
             self._attribution.begin(pool_name, command.id, command.op)
         try:

@@ -450,3 +450,14 @@ def test_call_reports_progress_to_a_callback(harness, client, pool, tmp_path):
     assert seen, "no progress reached the callback"
     assert seen[-1].bytes_done == seen[-1].bytes_total == size
     assert all(p.op == "volume.upload" and p.id == result.id for p in seen)
+
+
+def test_the_pool_refresh_an_upload_causes_carries_the_upload_command(harness, client, pool, tap, tmp_path):
+    events = tap(harness.settings.topology.events_exchange, f"{harness.host}.pool.refreshed")
+    ok(client.call("volume.create", {"pool": pool, "name": "up.raw", "capacity": MiB}))
+    source = harness.root / "up.bin"
+    source.write_bytes(os.urandom(MiB))
+    ok(client.call("volume.upload", {"pool": pool, "name": "up.raw", "source": {"path": str(source)}},
+                   command_id="upload-refresh-1"))
+    refreshed = [e for e in events.bodies(wait=1.5) if e["data"]["pool"]["name"] == pool]
+    assert refreshed and all(e.get("commandid") == "upload-refresh-1" for e in refreshed)

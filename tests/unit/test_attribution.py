@@ -44,3 +44,11 @@ def test_events_no_command_of_this_worker_caused_have_none():
     attribution.begin("images", "refresh-1", "pool.refresh")
     assert attribution.command_for("images", EventType.pool_stopped) is None
     assert attribution.command_for("other", EventType.pool_refreshed) is None
+
+
+def test_the_refresh_libvirt_makes_after_an_upload_belongs_to_the_upload():
+    attribution = Attribution(clock=Clock())
+    attribution.begin("images", "upload-1", "volume.upload")
+    attribution.begin("images", "info-1", "volume.info")
+    assert attribution.command_for("images", EventType.pool_refreshed) == "upload-1"
+    assert attribution.command_for("images", EventType.pool_started) is None
