@@ -198,7 +198,7 @@ class Journal:
         found = []
         for row in rows:
             hostname, pid, heartbeat = row[-3:]
-            gone = heartbeat is None or heartbeat < cutoff or (hostname == here and not _alive(pid))
+            gone = heartbeat is None or heartbeat < cutoff or (hostname == here and not process_alive(pid))
             if gone:
                 found.append(_entry(row[:-3]))
         return found
@@ -267,7 +267,8 @@ class Journal:
                          (keep_at_most,)).rowcount
 
 
-def _alive(pid: int | None) -> bool:
+def process_alive(pid: int | None) -> bool:
+    """Whether a process of this machine exists (signal 0: nothing is sent)."""
     if pid is None:
         return False
     try:

@@ -244,11 +244,8 @@ class CommandService:
                 self._reject(delivery, error.command_id, error.op, error.fingerprint, ErrorCode.invalid,
                              error.reason, received_at)
             return
-        with self._lock:
-            flight = self._inflight.get(command.id)
-            if flight is not None and flight.command.fingerprint == command.fingerprint:
-                flight.repeats.append(delivery)
-                return
+        if self._joined_running(delivery, command.id, command.fingerprint):
+            return
         reply_to, correlation_id = _reply_to(delivery), _correlation(delivery, command.id)
         # The insert tells a new id from a known one: no look-up on the common path.
         new = self._journal.receive(command.id, command.fingerprint, command.op, body=delivery.body,
@@ -291,12 +288,9 @@ class CommandService:
     def _answered_from_journal(self, delivery: Delivery, command_id: str, fingerprint: str,
                                op: str | None) -> bool:
         """Handle a message whose id is known; False when the id is new (or must run again)."""
-        with self._lock:
-            flight = self._inflight.get(command_id)
-            if flight is not None and flight.command.fingerprint == fingerprint:
-                flight.repeats.append(delivery)
-                return True
-            entry = self._journal.get(command_id)
+        if self._joined_running(delivery, command_id, fingerprint):
+            return True
+        entry = self._journal.get(command_id)
         if entry is None:
             return False
         if entry.fingerprint != fingerprint:
@@ -316,6 +310,16 @@ class CommandService:
         log.info("running again a command an earlier run did not finish",
                  extra={"command_id": command_id, "op": op, "state": entry.state.value})
         return False  # received or running in a process that died before owning it: run it again
+
+    def _joined_running(self, delivery: Delivery, command_id: str, fingerprint: str) -> bool:
+        """A repeat of a command this process is still running (or publishing the result of)
+        waits for that run's result, answered to it as a duplicate."""
+        with self._lock:
+            flight = self._inflight.get(command_id)
+            if flight is not None and flight.command.fingerprint == fingerprint:
+                flight.repeats.append(delivery)
+                return True
+        return False
 
     def _undecodable(self, delivery: Delivery, reason: str, received_at: datetime) -> None:
         """Not a command at all: answer reply_to if any, record on the results exchange, dead-letter.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Tap, call_async, error_of, ok, wait_for
+from tests.integration.conftest import call_async, error_of, ok, wait_for
 
 pytestmark = pytest.mark.integration
 

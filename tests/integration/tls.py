@@ -28,6 +28,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from worker.journal import process_alive
 
 BROKER_DIR = Path(os.environ.get("TEST_TLS_BROKER_DIR", "/var/lib/rabbitmq/storage-worker-tests-tls"))
 BROKER_USER = os.environ.get("TEST_TLS_BROKER_USER", "rabbitmq")
@@ -129,16 +130,6 @@ def stop_listener(port: int) -> None:
         raise RuntimeError(f"stopping the TLS listener on port {port}: {out}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _owner_pid(directory: Path) -> int | None:
     match = re.match(r"^(\d+)-", directory.name)
     return int(match.group(1)) if match else None
@@ -152,12 +143,12 @@ def remove_leftovers() -> None:
         if BROKER_DIR not in path.parents:
             continue  # not ours: never touched
         pid = _owner_pid(path.parent)
-        if not path.exists() or pid is None or not _alive(pid):
+        if not path.exists() or pid is None or not process_alive(pid):
             stop_listener(port)
     if BROKER_DIR.is_dir():
         for directory in BROKER_DIR.iterdir():
             pid = _owner_pid(directory)
-            if pid is None or not _alive(pid):
+            if pid is None or not process_alive(pid):
                 shutil.rmtree(directory, ignore_errors=True)
 
 

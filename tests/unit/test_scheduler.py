@@ -202,24 +202,30 @@ def test_every_operation_has_its_claims_checked_here():
 
 # --- scheduling ------------------------------------------------------------------------------
 
-def test_jobs_on_different_volumes_run_at_the_same_time(make_scheduler):
-    scheduler = make_scheduler(2)
-    together = threading.Barrier(2, timeout=WAIT)
+def run_together(scheduler, commands) -> list[str]:
+    """Submit jobs that each wait at a barrier for all the others: they pass (and are listed) only
+    if every one of them runs at the same time."""
+    together = threading.Barrier(len(commands), timeout=WAIT)
     met: list[str] = []
-
     finished = threading.Semaphore(0)
 
     def run(job: Job) -> None:
         try:
-            together.wait()  # raises BrokenBarrierError unless the other job is running too
+            together.wait()  # raises BrokenBarrierError unless the others are running too
             met.append(job.id)
         finally:
             finished.release()
 
-    assert scheduler.submit(job_for(create(P, "a"), run, "a"))
-    assert scheduler.submit(job_for(create(P, "b"), run, "b"))
-    assert finished.acquire(timeout=WAIT * 2) and finished.acquire(timeout=WAIT * 2)
-    assert sorted(met) == ["a", "b"]
+    for index, cmd in enumerate(commands):
+        assert scheduler.submit(job_for(cmd, run, str(index)))
+    for _ in commands:
+        assert finished.acquire(timeout=WAIT * 2)
+    return met
+
+
+def test_jobs_on_different_volumes_run_at_the_same_time(make_scheduler):
+    met = run_together(make_scheduler(2), [create(P, "a"), create(P, "b")])
+    assert sorted(met) == ["0", "1"]
 
 
 def test_jobs_on_one_volume_never_overlap_and_run_in_arrival_order(make_scheduler):
@@ -285,24 +291,9 @@ def test_pool_wide_job_waits_for_volume_jobs_and_is_not_overtaken(make_scheduler
 
 
 def test_two_downloads_of_one_volume_run_together(make_scheduler):
-    scheduler = make_scheduler(2)
-    together = threading.Barrier(2, timeout=WAIT)
-    met: list[str] = []
-
-    finished = threading.Semaphore(0)
-
-    def run(job: Job) -> None:
-        try:
-            together.wait()  # both downloads must be running for either to pass
-            met.append(job.id)
-        finally:
-            finished.release()
-
-    for index in range(2):
-        scheduler.submit(job_for(command("volume.download", pool=P, name="vm1",
-                                         destination={"path": f"/var/lib/libvirt/images/out{index}"}), run))
-    assert finished.acquire(timeout=WAIT * 2) and finished.acquire(timeout=WAIT * 2)
-    assert len(met) == 2
+    downloads = [command("volume.download", pool=P, name="vm1",
+                         destination={"path": f"/var/lib/libvirt/images/out{index}"}) for index in range(2)]
+    assert len(run_together(make_scheduler(2), downloads)) == 2
 
 
 def test_an_upload_does_not_run_while_the_volume_is_downloaded(make_scheduler):

@@ -33,7 +33,7 @@ from pika.adapters.select_connection import IOLoop
 from pika.exceptions import AMQPError
 from pika.spec import Basic, BasicProperties
 
-from worker.amqp.topology import Declaration, declarations
+from worker.amqp.topology import Declaration
 
 log = logging.getLogger(__name__)
 
