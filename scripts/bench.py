@@ -289,13 +289,13 @@ def bench_scale(table: Table, worker: WorkerProcess, root: Path) -> None:
     timings = {}
     try:
         for count in (100, 1000, 10_000):
+            rss_before = worker.rss()
             pool = BenchPool(f"{worker.host_id}-scale{count}", root)
             for index in range(count):
                 with open(pool.path / f"s{index:05d}.raw", "wb") as handle:
                     handle.truncate(MiB)
-            pool.handle.refresh(0)
+            pool.handle.refresh(0)  # the worker learns the pool's volumes from the refresh event
             time.sleep(0.5)
-            rss_before = worker.rss()
             listing = [client.serial([command("volume.list", {"pool": pool.name})])[0] for _ in range(3)]
             reconcile = _reconcile_seconds(worker)
             timings[count] = (min(listing), reconcile, worker.rss() - rss_before)
@@ -308,6 +308,8 @@ def bench_scale(table: Table, worker: WorkerProcess, root: Path) -> None:
                       None, "linear", None))
         table.add(Row("scale", f"re-listing pass with {count:,} volumes in the pool", f"{reconcile * 1000:.1f} ms", "",
                       None, "< 1 s at 10 000", reconcile < 1 if count == 10_000 else None))
+        table.add(Row("scale", f"worker RSS growth holding and listing {count:,} volumes", f"{rss / MiB:+.1f} MiB",
+                      f"{rss / count:.0f} B/volume", None, "linear", None))
     small, large = timings[1000][0], timings[10_000][0]
     table.add(Row("scale", "volume.list 10 000 / 1 000 (10 = linear)", f"{large / small:.1f}", "", None, "~10",
                   large / small < 15))

@@ -59,8 +59,8 @@ class Table:
               f"{row.target:<14} {mark}", flush=True)
 
     def render(self) -> str:
-        header = (f"| area | measure | worker | baseline | ratio | target | met |\n"
-                  f"|---|---|---:|---:|---:|---|---|\n")
+        header = ("| area | measure | worker | baseline | ratio | target | met |\n"
+                  "|---|---|---:|---:|---:|---|---|\n")
         lines = [f"| {r.area} | {r.measure} | {r.worker} | {r.baseline} | "
                  f"{'' if r.ratio is None else f'{r.ratio:.2f}x'} | {r.target} | "
                  f"{'' if r.ok is None else ('yes' if r.ok else 'NO')} |" for r in self.rows]
