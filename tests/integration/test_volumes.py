@@ -114,3 +114,31 @@ def test_delete_with_wipe_overwrites_before_deleting(client, pool):
         assert b"secret" not in data and data.count(0) == len(data)
     finally:
         os.close(watcher)
+
+
+def test_info_reads_the_volume_as_it_is_now_after_changes_made_outside(client, pool, libvirt_conn):
+    """volume.info keeps the volume's handle between commands (one round trip): what happened to the
+    volume or its pool in between must still show, with the usual errors."""
+    ok(client.call("volume.create", {"pool": pool, "name": "kept.raw", "capacity": MiB}))
+    assert ok(client.call("volume.info", {"pool": pool, "name": "kept.raw"}))["capacity"] == MiB
+    handle = libvirt_conn.storagePoolLookupByName(pool)
+    handle.storageVolLookupByName("kept.raw").delete(0)
+    handle.createXML(f"<volume><name>kept.raw</name><capacity>{3 * MiB}</capacity></volume>", 0)
+    assert ok(client.call("volume.info", {"pool": pool, "name": "kept.raw"}))["capacity"] == 3 * MiB
+
+    handle.storageVolLookupByName("kept.raw").delete(0)
+    message = error_of(client.call("volume.info", {"pool": pool, "name": "kept.raw"}), "failed", "not_found")
+    assert "'kept.raw'" in message and pool in message
+
+    handle.createXML(f"<volume><name>kept.raw</name><capacity>{MiB}</capacity></volume>", 0)
+    ok(client.call("volume.info", {"pool": pool, "name": "kept.raw"}))
+    handle.destroy()
+    assert pool in error_of(client.call("volume.info", {"pool": pool, "name": "kept.raw"}), "failed", "invalid")
+    handle.create(0)
+    ok(client.call("volume.info", {"pool": pool, "name": "kept.raw"}))
+    xml = handle.XMLDesc(0)
+    handle.destroy()
+    handle.undefine()
+    message = error_of(client.call("volume.info", {"pool": pool, "name": "kept.raw"}), "failed", "not_found")
+    assert pool in message
+    libvirt_conn.storagePoolDefineXML(xml, 0).create(0)  # the fixture removes it

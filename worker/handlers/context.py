@@ -21,6 +21,7 @@ from worker.errors import not_found
 from worker.events import EventPublisher
 from worker.inventory import Inventory
 from worker.progress import ProgressReporter
+from worker.virt import volume_xml
 from worker.virt.gateway import LibvirtGateway
 
 
@@ -81,6 +82,24 @@ class Context:
         if volume is None:
             raise not_found(f"volume {name!r} does not exist in pool {pool.name()!r}")
         return volume
+
+    def describe_volume(self, pool_name: str, name: str) -> VolumeObject:
+        """The volume object: one round trip with a handle kept from an earlier command
+        (worker.virt.handles), the look-up and the read otherwise. A kept handle whose volume or
+        pool is gone takes the look-up path, which names what is missing."""
+        conn = self.conn
+        kept = self.gateway.volumes.get(conn, pool_name, name)
+        if kept is not None:
+            try:
+                return volume_xml.read(pool_name, kept.XMLDesc(0))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in (libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL):
+                    raise
+                self.gateway.volumes.forget(pool_name, name)
+        handle = self.volume(self.active_pool(pool_name), name)
+        described = volume_xml.read(pool_name, handle.XMLDesc(0))
+        self.gateway.volumes.put(pool_name, name, handle)
+        return described
 
     def volume_event(self, event: EventType, volume: VolumeObject, disk: DiskRef | None = None) -> None:
         """Publish a volume event this command caused (`disk` names the guest disk for attached/

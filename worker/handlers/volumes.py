@@ -87,7 +87,7 @@ def delete(ctx: Context, a: VolumeDeleteArgs) -> VolumeDeleted:
 
 
 def info(ctx: Context, a: VolumeNameArgs) -> VolumeObject:
-    return volume_object(a.pool, ctx.volume(ctx.active_pool(a.pool), a.name))
+    return ctx.describe_volume(a.pool, a.name)
 
 
 def list_(ctx: Context, a: VolumeListArgs) -> VolumeList:

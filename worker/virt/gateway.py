@@ -16,6 +16,7 @@ import libvirt
 from messages.results import ErrorCode
 from worker.errors import OperationError
 from worker.virt.errors import details
+from worker.virt.handles import VolumeHandles
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class LibvirtGateway:
         self._reconnecting = False
         self._wake = threading.Event()
         self._pools: dict[str, libvirt.virStoragePool] = {}
+        self.volumes = VolumeHandles()
 
     def pool(self, name: str) -> libvirt.virStoragePool | None:
         """The pool named `name`, or None. Handles are kept per connection: a pool is looked up by
@@ -97,8 +99,10 @@ class LibvirtGateway:
     def forget_pools(self, name: str | None = None) -> None:
         if name is None:
             self._pools.clear()
+            self.volumes.clear()
         else:
             self._pools.pop(name, None)
+            self.volumes.forget(name)
 
     def start(self) -> None:
         """Connect now, in the background, retrying until libvirt answers."""
@@ -200,6 +204,7 @@ class LibvirtGateway:
         """Under the lock: forget a dead connection and start re-opening one."""
         self._conn = None
         self._pools.clear()
+        self.volumes.clear()
         self._connected.clear()
         log.warning("lost the connection to libvirt", extra={"uri": self.uri, "reason": reason})
         try:
