@@ -80,20 +80,36 @@ class RetryPolicy:
                 if on_retry is not None:
                     on_retry(error, state.attempt_number)
 
-        retrying = Retrying(stop=_Budget(self.attempts, self.max_seconds, self.busy_seconds),
-                            wait=wait_random_exponential(multiplier=self.min_wait, max=self.max_wait),
-                            retry=retry_if_exception(_retryable), before_sleep=before_sleep, reraise=True)
-        tries = 0
+        tries = 1
+        # The first try runs on its own: nearly every command needs no other, and tenacity's set-up
+        # costs as much as a quick command. A retryable failure is handed to tenacity as the outcome
+        # of its first attempt, so that budget, waits and hooks are tenacity's from there on.
+        try:
+            return one_try(), tries
+        except OperationError as error:
+            if not _retryable(error):
+                raise _final(error, tries, forget_connection) from None
+            first_failure: list[OperationError] = [error]
 
         def counted() -> T:
             nonlocal tries
+            if first_failure:
+                raise first_failure.pop()
             tries += 1
             return one_try()
 
+        retrying = Retrying(stop=_Budget(self.attempts, self.max_seconds, self.busy_seconds),
+                            wait=wait_random_exponential(multiplier=self.min_wait, max=self.max_wait),
+                            retry=retry_if_exception(_retryable), before_sleep=before_sleep, reraise=True)
         try:
             return retrying(counted), tries
         except OperationError as error:
-            error.attempts = tries
-            if error.reconnect:
-                forget_connection(error.message)
-            raise
+            raise _final(error, tries, forget_connection) from None
+
+
+def _final(error: OperationError, tries: int, forget_connection: Callable[[str], None]) -> OperationError:
+    """The error a command ends with, carrying the number of tries; a lost connection is forgotten."""
+    error.attempts = tries
+    if error.reconnect:
+        forget_connection(error.message)
+    return error
