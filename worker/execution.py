@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from messages.command import Command
+from messages.operations import OPERATIONS
 from messages.results import ErrorCode, ErrorInfo, Result, Status
 from worker.config import Settings
 from worker.errors import OperationError
@@ -77,7 +78,9 @@ class Runner:
         ctx = Context(command=command, gateway=self._gateway, settings=self._settings, events=self._events,
                       cancel=cancel, inventory=self._inventory, touch=self._touch)
         # The pool whose libvirt events this command may cause (pool ops; an upload refreshes its pool).
-        pool_name = getattr(command.args, "name" if command.op.startswith("pool.") else "pool", None)
+        # A read causes none.
+        pool_name = None if OPERATIONS[command.op].read_only else \
+            getattr(command.args, "name" if command.op.startswith("pool.") else "pool", None)
         if pool_name is not None and self._attribution is not None:
             self._attribution.begin(pool_name, command.id, command.op)
         try:

@@ -19,7 +19,7 @@ import socket
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
@@ -126,9 +126,15 @@ class Journal:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._db.executescript(_SCHEMA)
         self._checkpointer: sqlite3.Connection | None = None
+        # Results the broker confirmed whose `published` flag is not written yet: confirms arrive on
+        # the AMQP I/O thread, which should not wait for the disk, so the flags are written with the
+        # next result stored (or the next heartbeat). Read through this set they are already set.
+        self._confirmed: set[str] = set()
+        self._confirmed_lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:
+            self._write_confirmed()
             self._db.close()
             if self._checkpointer is not None:
                 self._checkpointer.close()
@@ -149,8 +155,17 @@ class Journal:
     # ---- commands ------------------------------------------------------------------------------
 
     def get(self, command_id: str) -> Entry | None:
-        row = self._run(f"SELECT {_COLUMNS} FROM commands WHERE id = ?", (command_id,)).fetchone()
-        return None if row is None else _entry(row)
+        with self._lock:
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM commands WHERE id = ?", (command_id,)).fetchone()
+            with self._confirmed_lock:
+                confirmed = command_id in self._confirmed
+        if row is None:
+            return None
+        entry = _entry(row)
+        return replace(entry, published=True) if confirmed else entry
+
+    def known(self, command_id: str) -> bool:
+        return self._run("SELECT 1 FROM commands WHERE id = ?", (command_id,)).fetchone() is not None
 
     def receive(self, command_id: str, fingerprint: str, op: str | None, *, body: bytes | None = None,
                 reply_to: str | None = None, correlation_id: str | None = None) -> bool:
@@ -174,15 +189,42 @@ class Journal:
         """Store the terminal result (inserting the row for commands rejected before being received);
         `body` is the result's JSON when the caller has it already."""
         now = time.time()
-        self._run(
-            "INSERT INTO commands (id, fingerprint, op, state, result, received_at, updated_at) "
-            "VALUES (?, ?, ?, 'finished', ?, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET state = 'finished', result = excluded.result, body = NULL, "
-            "updated_at = excluded.updated_at",
-            (command_id, fingerprint, result.op, body or result.model_dump_json(), now, now))
+        body = body or result.model_dump_json()
+        with self._lock:
+            self._db.execute("BEGIN")
+            confirmed = self._take_confirmed()
+            try:
+                self._db.executemany("UPDATE commands SET published = 1 WHERE id = ?", [(i,) for i in confirmed])
+                self._db.execute(
+                    "INSERT INTO commands (id, fingerprint, op, state, result, received_at, updated_at) "
+                    "VALUES (?, ?, ?, 'finished', ?, ?, ?) "
+                    "ON CONFLICT(id) DO UPDATE SET state = 'finished', result = excluded.result, body = NULL, "
+                    "updated_at = excluded.updated_at",
+                    (command_id, fingerprint, result.op, body, now, now))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                with self._confirmed_lock:
+                    self._confirmed |= confirmed
+                raise
 
     def mark_published(self, command_id: str) -> None:
-        self._run("UPDATE commands SET published = 1 WHERE id = ?", (command_id,))
+        """The broker confirmed the command's result. The flag is written with the next result stored
+        or the next heartbeat; a process killed before that publishes the result again at restart
+        (an identical copy, which consumers drop by id)."""
+        with self._confirmed_lock:
+            self._confirmed.add(command_id)
+
+    def _take_confirmed(self) -> set[str]:
+        with self._confirmed_lock:
+            confirmed, self._confirmed = self._confirmed, set()
+        return confirmed
+
+    def _write_confirmed(self) -> None:
+        """Under the lock: write the flags of confirmed results."""
+        confirmed = self._take_confirmed()
+        if confirmed:
+            self._db.executemany("UPDATE commands SET published = 1 WHERE id = ?", [(i,) for i in confirmed])
 
     def orphans(self, me: str, stale_after: float) -> list[Entry]:
         """What the journal holds for an owner that is gone (its heartbeat is older than
@@ -211,6 +253,8 @@ class Journal:
         return cursor.rowcount == 1
 
     def heartbeat(self, owner: str) -> None:
+        with self._lock:
+            self._write_confirmed()
         self._run("INSERT INTO owners (owner, hostname, pid, heartbeat) VALUES (?, ?, ?, ?) "
                   "ON CONFLICT(owner) DO UPDATE SET heartbeat = excluded.heartbeat",
                   (owner, socket.gethostname(), os.getpid(), time.time()))
@@ -226,8 +270,10 @@ class Journal:
         """Forget finished, published commands older than the given age, and the oldest of them
         beyond `keep_at_most` rows; returns how many went. Unfinished rows are never pruned."""
         cutoff = time.time() - older_than_seconds
-        removed = self._run("DELETE FROM commands WHERE state = 'finished' AND published = 1 AND updated_at < ?",
-                            (cutoff,)).rowcount
+        # A result whose flag was never written (the process died after the confirm) is kept only
+        # while its command may come back: a row no owner resumes is old news after the retention.
+        removed = self._run("DELETE FROM commands WHERE state = 'finished' AND (published = 1 OR owner IS NULL) "
+                            "AND updated_at < ?", (cutoff,)).rowcount
         if keep_at_most is not None:
             excess = self.count() - keep_at_most
             if excess > 0:

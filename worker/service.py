@@ -247,9 +247,14 @@ class CommandService:
         if self._joined_running(delivery, command.id, command.fingerprint):
             return
         reply_to, correlation_id = _reply_to(delivery), _correlation(delivery, command.id)
-        # The insert tells a new id from a known one: no look-up on the common path.
-        new = self._journal.receive(command.id, command.fingerprint, command.op, body=delivery.body,
-                                    reply_to=reply_to, correlation_id=correlation_id)
+        if OPERATIONS[command.op].read_only:
+            # A read leaves nothing to reconcile after a crash: it is written once, with its result
+            # (or when the journal takes custody of it).
+            new = not self._journal.known(command.id)
+        else:
+            # The insert tells a new id from a known one: no look-up on the common path.
+            new = self._journal.receive(command.id, command.fingerprint, command.op, body=delivery.body,
+                                        reply_to=reply_to, correlation_id=correlation_id)
         if not new and self._answered_from_journal(delivery, command.id, command.fingerprint, command.op):
             return
         if command.deadline is not None and command.deadline < received_at:
@@ -398,7 +403,11 @@ class CommandService:
         delivery = flight.delivery
         if delivery is None:
             return
-        self._journal.own(flight.command.id, self._owner)
+        command = flight.command
+        if OPERATIONS[command.op].read_only:  # not written at intake
+            self._journal.receive(command.id, command.fingerprint, command.op, body=delivery.body,
+                                  reply_to=flight.reply_to, correlation_id=flight.correlation_id)
+        self._journal.own(command.id, self._owner)
         flight.delivery = None
         self._link.ack(delivery)
 

@@ -304,7 +304,9 @@ def test_sigterm_drains_and_a_second_signal_exits_at_once(rig):
     worker.wait_online()
     rig.allocated_volume("slow.raw", 1024 * MiB)
     slow = rig.workload.send("volume.delete", {"pool": rig.pool, "name": "slow.raw", "wipe": True})
-    waiting = [rig.workload.send("pool.info", {"name": rig.pool}) for _ in range(5)]
+    # Writes: a read is not journaled before it runs, and the test looks for the prefetched one there.
+    waiting = [rig.workload.send("volume.create", {"pool": rig.pool, "name": f"w{i}.raw", "capacity": MiB})
+               for i in range(5)]
     wait_for(lambda: rig.journal_state(slow) == "running", 20, "the slow command to start")
     worker.signal(signal.SIGTERM)
     assert worker.wait(timeout=60) == 0

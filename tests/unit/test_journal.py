@@ -69,13 +69,16 @@ def test_finish_keeps_the_original_fingerprint(journal):
     assert journal.get("c1").fingerprint == "fp1"
 
 
-def test_prune_removes_only_old_finished_published_rows(journal, monkeypatch):
+def test_prune_removes_only_old_finished_rows_no_owner_may_still_publish(journal, monkeypatch):
     clock = [1_000_000.0]
     monkeypatch.setattr(time, "time", lambda: clock[0])
     journal.receive("old-published", "f", "volume.create")
     journal.finish("old-published", "f", result("old-published"))
     journal.mark_published("old-published")
     journal.finish("old-unpublished", "f", result("old-unpublished"))
+    journal.receive("old-owned-unpublished", "f", "volume.clone")
+    journal.own("old-owned-unpublished", "owner-a")
+    journal.finish("old-owned-unpublished", "f", result("old-owned-unpublished"))
     journal.receive("old-running", "f", "volume.create")
     journal.start("old-running")
     journal.receive("old-received", "f", "volume.create")
@@ -84,9 +87,10 @@ def test_prune_removes_only_old_finished_published_rows(journal, monkeypatch):
     journal.mark_published("new-published")
     clock[0] += 10
 
-    assert journal.prune(older_than_seconds=60) == 1
+    assert journal.prune(older_than_seconds=60) == 2
     assert journal.get("old-published") is None
-    for kept in ("old-unpublished", "old-running", "old-received", "new-published"):
+    assert journal.get("old-unpublished") is None, "no owner resumes it: old news after the retention"
+    for kept in ("old-owned-unpublished", "old-running", "old-received", "new-published"):
         assert journal.get(kept) is not None, kept
     assert journal.prune(older_than_seconds=60) == 0
     assert journal.prune(older_than_seconds=0) == 1  # new-published is 10 s old now
@@ -120,3 +124,28 @@ def test_a_file_journal_uses_write_ahead_logging(tmp_path):
     Journal(path).close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_confirmed_result_reads_as_published_at_once_and_is_written_with_the_next_result(tmp_path):
+    path = tmp_path / "journal.db"
+    journal = Journal(path)
+    journal.receive("a", "f", "volume.create")
+    journal.finish("a", "f", result("a"))
+    journal.mark_published("a")
+    assert journal.get("a").published, "read through the confirmed set"
+    assert not Journal(path).get("a").published, "not written yet: another process sees it unconfirmed"
+    journal.finish("b", "f", result("b"))
+    assert Journal(path).get("a").published, "written with the next result"
+
+
+def test_confirmed_flags_are_written_by_the_heartbeat_and_on_close(tmp_path):
+    path = tmp_path / "journal.db"
+    journal = Journal(path)
+    for command_id in ("a", "b"):
+        journal.finish(command_id, "f", result(command_id))
+    journal.mark_published("a")
+    journal.heartbeat("owner")
+    assert Journal(path).get("a").published
+    journal.mark_published("b")
+    journal.close()
+    assert Journal(path).get("b").published
