@@ -16,6 +16,7 @@ import libvirt
 from messages.results import ErrorCode
 from worker.errors import OperationError
 from worker.virt.errors import details
+from worker.virt.event_loop import run_forever
 from worker.virt.handles import VolumeHandles
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,8 @@ def ensure_event_loop() -> None:
         _silence_default_error_printing()
         libvirt.virEventRegisterDefaultImpl()
 
-        def run() -> None:
-            while True:
-                libvirt.virEventRunDefaultImpl()
-
         global _event_loop_thread
-        _event_loop_thread = threading.Thread(target=run, name="libvirt-events", daemon=True)
+        _event_loop_thread = threading.Thread(target=run_forever, name="libvirt-events", daemon=True)
         _event_loop_thread.start()
         _event_loop_started = True
 
