@@ -38,9 +38,11 @@ class ResultPublisher:
         confirmed by the broker. `body` is the result's JSON when the caller has it already."""
         body = body if body is not None else result.model_dump_json().encode()
         pending = _Countdown(1 + bool(reply_to), then)
-        self._send(self._topology.results_exchange, result.routing_key(), result, None, pending.tick, body)
+        messages = [self._message(self._topology.results_exchange, result.routing_key(), result, None, pending.tick,
+                                  body)]
         if reply_to:
-            self._send("", reply_to, result, correlation_id or result.id, pending.tick, body)
+            messages.append(self._message("", reply_to, result, correlation_id or result.id, pending.tick, body))
+        self._link.publish(*messages)
 
     def answer_only(self, result: Result, reply_to: str | None, correlation_id: str | None,
                     then: Callable[[], None]) -> None:
@@ -48,7 +50,8 @@ class ResultPublisher:
         if not reply_to:
             then()
             return
-        self._send("", reply_to, result, correlation_id or result.id, then, result.model_dump_json().encode())
+        self._link.publish(self._message("", reply_to, result, correlation_id or result.id, then,
+                                         result.model_dump_json().encode()))
 
     def dead_letter(self, delivery: Delivery, reason: str, then: Callable[[], None]) -> None:
         """A copy of an undecodable message to the dead-letter exchange, saying why in a header."""
@@ -71,12 +74,13 @@ class ResultPublisher:
         self._link.publish(Outgoing(self._topology.dead_letter_exchange, self._topology.command_routing_key,
                                     body, properties, then))
 
-    def _send(self, exchange: str, routing_key: str, result: Result, correlation_id: str | None,
-              on_confirmed: Callable[[], None], body: bytes) -> None:
+    @staticmethod
+    def _message(exchange: str, routing_key: str, result: Result, correlation_id: str | None,
+                 on_confirmed: Callable[[], None], body: bytes) -> Outgoing:
         properties = BasicProperties(content_type="application/json", delivery_mode=2,
                                      correlation_id=correlation_id, message_id=result.id,
                                      type="result", app_id="storage-worker")
-        self._link.publish(Outgoing(exchange, routing_key, body, properties, on_confirmed))
+        return Outgoing(exchange, routing_key, body, properties, on_confirmed)
 
 
 def countdown(count: int, then: Callable[[], None]) -> Callable[[], None]:

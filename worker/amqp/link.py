@@ -122,11 +122,15 @@ class AmqpLink:
     def call_soon(self, callback: Callable[[], None]) -> None:
         self._ioloop.add_callback_threadsafe(callback)
 
-    def publish(self, message: Outgoing) -> None:
-        self.call_soon(lambda: self._publish(message))
+    def publish(self, *messages: Outgoing) -> None:
+        """Publish in the order given, with one hand-over to the I/O thread for all of them."""
+        self.call_soon(lambda: self._publish_all(messages))
 
     def ack(self, delivery: Delivery) -> None:
-        self.call_soon(lambda: self._settle(delivery, ack=True))
+        if threading.get_ident() == self._thread.ident:  # a confirm callback: no hand-over needed
+            self._settle(delivery, ack=True)
+        else:
+            self.call_soon(lambda: self._settle(delivery, ack=True))
 
     def requeue(self, delivery: Delivery) -> None:
         """Give a message back to the queue untouched (it was never started)."""
@@ -256,6 +260,10 @@ class AmqpLink:
                 log.warning("broker nacked a publish; sending it again",
                             extra={"exchange": item.exchange, "routing_key": item.routing_key})
                 self._ioloop.call_later(min(0.1 * 2 ** item.attempts, 5), lambda it=item: self._publish(it))
+
+    def _publish_all(self, messages: tuple[Outgoing, ...]) -> None:
+        for message in messages:
+            self._publish(message)
 
     def _publish(self, message: Outgoing) -> None:
         channel = self._publish_channel
