@@ -19,7 +19,7 @@ from worker.errors import conflict, invalid
 from worker.progress import watched, write_positions
 from worker.handlers.context import Context
 from worker.virt import volume_xml
-from worker.virt.describe import pool_type, volume_object
+from worker.virt.describe import volume_object
 
 _WIPE_ALGORITHMS = {name: getattr(libvirt, f"VIR_STORAGE_VOL_WIPE_ALG_{name.upper()}")
                     for name in ("zero", "nnsa", "dod", "bsi", "gutmann", "schneier", "pfitzner7",
@@ -36,7 +36,7 @@ _FILE_POOLS = {"dir", "fs", "netfs", "gluster", "vstorage"}
 
 def create(ctx: Context, a: VolumeCreateArgs) -> VolumeChange:
     pool = ctx.active_pool(a.pool)
-    file_pool = pool_type(pool) in _FILE_POOLS
+    file_pool = ctx.gateway.pool_type(pool) in _FILE_POOLS
     fmt = (a.format or DEFAULT_FORMAT) if file_pool else a.format
     backing_path = backing_format = None
     if a.backing is not None:

@@ -15,6 +15,7 @@ import libvirt
 
 from messages.results import ErrorCode
 from worker.errors import OperationError
+from worker.virt.describe import pool_type
 from worker.virt.errors import details
 from worker.virt.event_loop import run_forever
 from worker.virt.handles import VolumeHandles
@@ -75,6 +76,7 @@ class LibvirtGateway:
         self._wake = threading.Event()
         self._pools: dict[str, libvirt.virStoragePool] = {}
         self.volumes = VolumeHandles()
+        self._pool_types: dict[str, str] = {}
 
     def pool(self, name: str) -> libvirt.virStoragePool | None:
         """The pool named `name`, or None. Handles are kept per connection: a pool is looked up by
@@ -93,7 +95,17 @@ class LibvirtGateway:
         self._pools[name] = handle
         return handle
 
+    def pool_type(self, pool: libvirt.virStoragePool) -> str:
+        """The pool's type ("dir", "logical"...), read from its XML once per pool uuid (the uuid is
+        in the handle: no round trip) and forgotten with the pool handles."""
+        uuid = pool.UUIDString()
+        kind = self._pool_types.get(uuid)
+        if kind is None:
+            kind = self._pool_types[uuid] = pool_type(pool)
+        return kind
+
     def forget_pools(self, name: str | None = None) -> None:
+        self._pool_types.clear()
         if name is None:
             self._pools.clear()
             self.volumes.clear()
@@ -201,6 +213,7 @@ class LibvirtGateway:
         """Under the lock: forget a dead connection and start re-opening one."""
         self._conn = None
         self._pools.clear()
+        self._pool_types.clear()
         self.volumes.clear()
         self._connected.clear()
         log.warning("lost the connection to libvirt", extra={"uri": self.uri, "reason": reason})
