@@ -7,7 +7,7 @@ Two channels per connection:
 - the *publish* channel, in confirm mode: every publish gets a delivery tag, and its callback runs
   once the broker confirms it. Publishes made while no channel is open wait in an outbox; publishes
   unconfirmed when a connection is lost go back to the front of the outbox and are sent again.
-- the *consume* channel: prefetch, manual acks. Each delivery remembers the channel generation it
+- the *consume* channel: prefetch, manual acks (coalesced per turn of the loop: worker.amqp.acks). Each delivery remembers the channel generation it
   came from; an ack for an older generation is dropped (that message is redelivered by the broker
   and answered from the journal), never sent with a stale delivery tag.
 
@@ -33,6 +33,7 @@ from pika.adapters.select_connection import IOLoop
 from pika.exceptions import AMQPError
 from pika.spec import Basic, BasicProperties
 
+from worker.amqp.acks import AckBatcher
 from worker.amqp.topology import Declaration
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ class AmqpLink:
         self._consumer_tag: str | None = None
         self._consuming_wanted = True
         self._generation = 0
+        self._acks = AckBatcher()
+        self._ack_flush_scheduled = False
         self._next_tag = 0
         self._unconfirmed: "collections.OrderedDict[int, Outgoing]" = collections.OrderedDict()
         self._outbox: collections.deque[Outgoing] = collections.deque()
@@ -197,7 +200,7 @@ class AmqpLink:
         self._publish_channel = None
         self._consume_channel = None
         self._consumer_tag = None
-        self._generation += 1
+        self._new_generation()
         if self._unconfirmed:
             waiting = list(self._unconfirmed.values())
             self._unconfirmed.clear()
@@ -332,13 +335,19 @@ class AmqpLink:
         log.warning("consume channel closed; reopening it", extra={"reason": repr(reason)})
         self._consume_channel = None
         self._consumer_tag = None
-        self._generation += 1
+        self._new_generation()
         self._ready.clear()
         if self._on_disconnected is not None:
             self._on_disconnected(f"consume channel closed: {reason!r}")
         self._open_consume_channel()
 
+    def _new_generation(self) -> None:
+        """The consume channel is gone: its deliveries can no longer be settled."""
+        self._generation += 1
+        self._acks = AckBatcher()
+
     def _on_message(self, _channel: Any, method: Basic.Deliver, properties: BasicProperties, body: bytes) -> None:
+        self._acks.delivered(method.delivery_tag)
         self._on_delivery(Delivery(generation=self._generation, delivery_tag=method.delivery_tag,
                                    redelivered=bool(method.redelivered), routing_key=method.routing_key,
                                    properties=properties, body=body))
@@ -350,9 +359,21 @@ class AmqpLink:
                      extra={"delivery_tag": delivery.delivery_tag})
             return
         if ack:
-            channel.basic_ack(delivery.delivery_tag)
+            self._acks.ack(delivery.delivery_tag)
+            if not self._ack_flush_scheduled:  # at the end of this turn of the loop (worker.amqp.acks)
+                self._ack_flush_scheduled = True
+                self._ioloop.call_later(0, self._flush_acks)
         else:
+            self._acks.nacked(delivery.delivery_tag)
             channel.basic_nack(delivery.delivery_tag, requeue=True)
+
+    def _flush_acks(self) -> None:
+        self._ack_flush_scheduled = False
+        channel = self._consume_channel
+        if channel is None or not channel.is_open:
+            return
+        for tag, multiple in self._acks.flush():
+            channel.basic_ack(tag, multiple=multiple)
 
     def _cancel_consumer(self) -> None:
         self._consuming_wanted = False
@@ -364,6 +385,7 @@ class AmqpLink:
     # ---- shutdown ------------------------------------------------------------------------------
 
     def _close_when_flushed(self, timeout: float, waited: float = 0.0) -> None:
+        self._flush_acks()
         pending = self.pending_publishes()
         if pending and waited < timeout and self._connection is not None:
             self._ioloop.call_later(0.05, lambda: self._close_when_flushed(timeout, waited + 0.05))
