@@ -1,7 +1,13 @@
-"""The libvirt connection: opened lazily, kept alive, re-opened after it is lost.
+"""The libvirt connections: opened lazily, kept alive, re-opened after they are lost.
 
-libvirt connections are thread-safe, so every executor thread shares one. The event loop that
-keepalive, the close callback and (later) pool lifecycle callbacks need runs on its own thread,
+The *main* connection carries the pool lifecycle callbacks and the close callback that tells the
+worker libvirt is gone; while it is down, commands wait (`connected`). Every thread that makes calls
+(the executors, the monitor) gets a connection of its own, opened on first use after the main one
+is up and replaced after the main one is lost. A libvirt connection is thread-safe, but threads
+sharing one queue behind each other in its client: measured with 8 threads reading one volume,
+about 90 us of CPU and 100 us per call on a shared connection, 30 us and 58 us with one each.
+
+The event loop that keepalive, the close callback and the pool callbacks need runs on its own thread,
 registered once per process before the first connection opens.
 """
 
@@ -10,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import libvirt
 
@@ -58,10 +65,21 @@ RECONNECT_MIN = 0.5
 RECONNECT_MAX = 30.0
 
 
+@dataclass(eq=False)
+class _Session:
+    """One thread's connection, with the handles looked up on it."""
+
+    conn: libvirt.virConnect
+    epoch: int  # of the main connection it was opened under
+    pools: dict[str, libvirt.virStoragePool] = field(default_factory=dict)
+    volumes: VolumeHandles = field(default_factory=VolumeHandles)
+
+
 class LibvirtGateway:
-    """Hands out the live connection; `on_connect` runs for every newly opened connection and
-    `on_disconnect` once for every connection found lost. After a loss a background thread
-    re-opens the connection with backoff, so callbacks come back even when no command asks."""
+    """Hands out the calling thread's live connection; `on_connect` runs for every newly opened main
+    connection and `on_disconnect` once for every main connection found lost. After a loss a
+    background thread re-opens the main connection with backoff, so callbacks come back even when
+    no command asks."""
 
     def __init__(self, uri: str, *, on_connect: Callable[[libvirt.virConnect], None] | None = None,
                  on_disconnect: Callable[[str], None] | None = None):
@@ -74,26 +92,32 @@ class LibvirtGateway:
         self._connected = threading.Event()
         self._reconnecting = False
         self._wake = threading.Event()
-        self._pools: dict[str, libvirt.virStoragePool] = {}
-        self.volumes = VolumeHandles()
+        self._epoch = 0  # counts main connections lost: sessions of an older epoch are replaced
+        self._local = threading.local()
+        self._sessions: list[_Session] = []  # every thread's, for forget_pools and close
         self._pool_types: dict[str, str] = {}
 
     def pool(self, name: str) -> libvirt.virStoragePool | None:
         """The pool named `name`, or None. Handles are kept per connection: a pool is looked up by
         name once, not once per command. `forget_pools` drops them when pools are (re)defined or a
         handle turns out stale."""
-        conn = self.connection()
-        handle = self._pools.get(name)
-        if handle is not None and handle.connect() is conn:
+        session = self._session()
+        handle = session.pools.get(name)
+        if handle is not None:
             return handle
         try:
-            handle = conn.storagePoolLookupByName(name)
+            handle = session.conn.storagePoolLookupByName(name)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
                 return None
             raise
-        self._pools[name] = handle
+        session.pools[name] = handle
         return handle
+
+    @property
+    def volumes(self) -> VolumeHandles:
+        """The volume handles kept on the calling thread's connection (worker.virt.handles)."""
+        return self._session().volumes
 
     def pool_type(self, pool: libvirt.virStoragePool) -> str:
         """The pool's type ("dir", "logical"...), read from its XML once per pool uuid (the uuid is
@@ -105,13 +129,18 @@ class LibvirtGateway:
         return kind
 
     def forget_pools(self, name: str | None = None) -> None:
-        self._pool_types.clear()
-        if name is None:
-            self._pools.clear()
-            self.volumes.clear()
-        else:
-            self._pools.pop(name, None)
-            self.volumes.forget(name)
+        """Drop kept pool (and volume) handles on every thread's connection: all of them, or one
+        pool's."""
+        with self._lock:
+            self._pool_types.clear()
+            sessions = list(self._sessions)
+        for session in sessions:
+            if name is None:
+                session.pools.clear()
+                session.volumes.clear()
+            else:
+                session.pools.pop(name, None)
+                session.volumes.forget(name)
 
     def start(self) -> None:
         """Connect now, in the background, retrying until libvirt answers."""
@@ -125,7 +154,27 @@ class LibvirtGateway:
         return self._connected.is_set()
 
     def connection(self) -> libvirt.virConnect:
-        """The open connection, opening one when there is none; raises OperationError(unavailable)."""
+        """The calling thread's open connection, opening one when there is none; raises
+        OperationError(unavailable) when libvirt cannot be reached."""
+        return self._session().conn
+
+    def _session(self) -> _Session:
+        self._main()
+        session: _Session | None = getattr(self._local, "session", None)
+        if session is not None and session.epoch == self._epoch:
+            return session
+        epoch = self._epoch
+        session = _Session(self._connect(), epoch)
+        with self._lock:
+            if self._closed:
+                session.conn.close()
+                raise OperationError(ErrorCode.unavailable, "the worker is shutting down", retryable=False)
+            self._sessions.append(session)
+        self._local.session = session
+        return session
+
+    def _main(self) -> libvirt.virConnect:
+        """The main connection, opening it when there is none."""
         conn = self._conn
         if conn is not None:
             return conn
@@ -137,27 +186,23 @@ class LibvirtGateway:
             return self._conn
 
     def is_alive(self) -> bool:
-        conn = self._conn
-        if conn is None:
-            return False
-        try:
-            return bool(conn.isAlive())
-        except libvirt.libvirtError:
-            return False
+        """Whether the calling thread's connection (or, before it has one, the main one) is alive."""
+        session: _Session | None = getattr(self._local, "session", None)
+        return _alive(session.conn if session is not None else self._conn)
 
     def invalidate(self, reason: str) -> None:
-        """Forget the current connection if it is dead, so that the next call opens a new one."""
+        """Forget the calling thread's connection and the main one if they are dead, so that the
+        next call opens new ones."""
+        session: _Session | None = getattr(self._local, "session", None)
+        if session is not None and not _alive(session.conn):
+            self._local.session = None
+            with self._lock:
+                if session in self._sessions:
+                    self._sessions.remove(session)
         with self._lock:
             conn = self._conn
-            if conn is None:
-                return
-            try:
-                alive = conn.isAlive()
-            except libvirt.libvirtError:
-                alive = False
-            if alive:
-                return
-            self._drop(conn, reason)
+            if conn is not None and not _alive(conn):
+                self._drop(conn, reason)
 
     def close(self) -> None:
         with self._lock:
@@ -165,6 +210,12 @@ class LibvirtGateway:
             self._connected.clear()
             self._wake.set()
             conn, self._conn = self._conn, None
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            try:
+                session.conn.close()
+            except libvirt.libvirtError:
+                pass
         if conn is not None:
             try:
                 conn.unregisterCloseCallback()
@@ -175,7 +226,8 @@ class LibvirtGateway:
             except libvirt.libvirtError:
                 pass
 
-    def _open(self) -> libvirt.virConnect:
+    def _connect(self) -> libvirt.virConnect:
+        """A new connection with keepalive (a libvirtd that stops answering is noticed)."""
         ensure_event_loop()
         try:
             conn = libvirt.open(self.uri)
@@ -187,6 +239,10 @@ class LibvirtGateway:
             conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
         except libvirt.libvirtError:
             log.debug("keepalive not supported by %s", self.uri)
+        return conn
+
+    def _open(self) -> libvirt.virConnect:
+        conn = self._connect()
         conn.registerCloseCallback(self._closed_by_libvirt, None)
         log.info("connected to libvirt", extra={"uri": self.uri})
         if self._on_connect is not None:
@@ -210,11 +266,12 @@ class LibvirtGateway:
                 self._drop(conn, reason)
 
     def _drop(self, conn: libvirt.virConnect, reason: str) -> None:
-        """Under the lock: forget a dead connection and start re-opening one."""
+        """Under the lock: forget a dead main connection (and with it every thread's) and start
+        re-opening one."""
         self._conn = None
-        self._pools.clear()
+        self._epoch += 1
+        self._sessions = []
         self._pool_types.clear()
-        self.volumes.clear()
         self._connected.clear()
         log.warning("lost the connection to libvirt", extra={"uri": self.uri, "reason": reason})
         try:
@@ -240,7 +297,7 @@ class LibvirtGateway:
         try:
             while not self._closed:
                 try:
-                    self.connection()
+                    self._main()
                     return
                 except OperationError as error:
                     log.info("libvirt not reachable yet", extra={"uri": self.uri, "error": error.message,
@@ -251,3 +308,12 @@ class LibvirtGateway:
         finally:
             with self._lock:
                 self._reconnecting = False
+
+
+def _alive(conn: libvirt.virConnect | None) -> bool:
+    if conn is None:
+        return False
+    try:
+        return bool(conn.isAlive())
+    except libvirt.libvirtError:
+        return False

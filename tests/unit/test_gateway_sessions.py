@@ -1,0 +1,62 @@
+"""Each thread gets a libvirt connection of its own (libvirt's in-process test driver)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from worker.virt.gateway import LibvirtGateway
+
+
+@pytest.fixture
+def gateway():
+    opened = []
+    g = LibvirtGateway("test:///default", on_connect=opened.append)
+    g.opened = opened
+    yield g
+    g.close()
+
+
+def in_thread(fn):
+    out = []
+    thread = threading.Thread(target=lambda: out.append(fn()))
+    thread.start()
+    thread.join(10)
+    return out[0]
+
+
+def test_a_thread_keeps_its_connection_and_other_threads_get_their_own(gateway):
+    mine = gateway.connection()
+    assert gateway.connection() is mine
+    theirs = in_thread(gateway.connection)
+    assert theirs is not mine
+    assert len(gateway.opened) == 1, "one main connection, whose callbacks run once"
+    assert gateway.opened[0] is not mine and gateway.opened[0] is not theirs
+
+
+def test_pool_handles_are_kept_per_connection_and_forgotten_on_all(gateway):
+    mine = gateway.pool("default-pool")
+    assert gateway.pool("default-pool") is mine, "looked up once"
+    theirs = in_thread(lambda: gateway.pool("default-pool"))
+    assert theirs.connect() is not mine.connect()
+    gateway.forget_pools("default-pool")
+    assert gateway.pool("default-pool") is not mine
+    assert gateway.pool("missing") is None
+
+
+def test_a_lost_main_connection_replaces_every_threads_connection(gateway):
+    before = gateway.connection()
+    main = gateway.opened[0]
+    main.close()  # the test driver does not call close callbacks: what the callback does, by hand
+    gateway._forget(main, "eof")
+    assert gateway.wait_connected(10), "the main connection was opened again in the background"
+    assert gateway.connection() is not before
+    assert len(gateway.opened) == 2
+
+
+def test_closed_gateway_refuses_connections(gateway):
+    gateway.connection()
+    gateway.close()
+    with pytest.raises(Exception, match="shutting down"):
+        gateway.connection()
