@@ -42,6 +42,12 @@ def bench_commands(table: Table, worker: WorkerProcess, pool: BenchPool) -> None
         bare_rate = bare.pipelined(5000, 64)
     finally:
         bare.close()
+    reader = BarePika(prefetch=16, volume=(pool.name, "info.raw"))
+    try:
+        reader.serial(200)
+        reader_rate = reader.pipelined(5000, 64)
+    finally:
+        reader.close()
 
     client = Requester(f"{worker.prefix}.commands", worker.host_id)
     try:
@@ -77,6 +83,8 @@ def bench_commands(table: Table, worker: WorkerProcess, pool: BenchPool) -> None
     table.add(Row("commands", "volume.info serial p99", ms(w99), ms(b99 + f99), w99 / (b99 + f99), "", None))
     table.add(Row("commands", "volume.info pipelined, 64 in flight (msg/s)", f"{rate:,.0f}/s", f"{bare_rate:,.0f}/s",
                   rate / bare_rate, ">= 0.8x bare", rate >= 0.8 * bare_rate))
+    table.add(Row("commands", "same, against bare pika + the libvirt read (one thread, nothing else)", f"{rate:,.0f}/s",
+                  f"{reader_rate:,.0f}/s", rate / reader_rate, "", None))
     c50, c99 = p50_p99(cd_serial)
     l50, _ = p50_p99(floor_cd)
     table.add(Row("commands", "create+delete 1 MiB raw serial p50 (floor: libvirt + 2x bare)", ms(c50),

@@ -34,10 +34,11 @@ def libvirt_create_delete(pool, count: int) -> list[float]:
 class BarePika:
     """A replier process and a requester in this process, on a queue of their own."""
 
-    def __init__(self, prefetch: int):
+    def __init__(self, prefetch: int, volume: tuple[str, str] | None = None):
+        """`volume` (pool, name): the replier reads it from libvirt before each reply."""
         self.queue = f"bench-floor-{uuid.uuid4().hex[:8]}"
         self.process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("replier.py")), self.queue,
-                                         str(prefetch)], stdout=subprocess.PIPE, text=True)
+                                         str(prefetch), *(volume or ())], stdout=subprocess.PIPE, text=True)
         assert self.process.stdout.readline().strip() == "ready"
         self.requester = Requester("", self.queue)
 
