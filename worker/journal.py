@@ -126,15 +126,17 @@ class Journal:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._db.executescript(_SCHEMA)
         self._checkpointer: sqlite3.Connection | None = None
-        # Results the broker confirmed whose `published` flag is not written yet: confirms arrive on
-        # the AMQP I/O thread, which should not wait for the disk, so the flags are written with the
-        # next result stored (or the next heartbeat). Read through this set they are already set.
+        # What the broker confirmed, not written yet: results whose `published` flag is to be set and
+        # parked events to delete. Confirms arrive on the AMQP I/O thread, which should not wait for
+        # the disk, so these are written with the next result stored or event parked (or the next
+        # heartbeat); read through these sets they are written already.
         self._confirmed: set[str] = set()
-        self._confirmed_lock = threading.Lock()
+        self._unparked: set[int] = set()
+        self._deferred_lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:
-            self._write_confirmed()
+            self._write_deferred(*self._take_deferred())
             self._db.close()
             if self._checkpointer is not None:
                 self._checkpointer.close()
@@ -157,7 +159,7 @@ class Journal:
     def get(self, command_id: str) -> Entry | None:
         with self._lock:
             row = self._db.execute(f"SELECT {_COLUMNS} FROM commands WHERE id = ?", (command_id,)).fetchone()
-            with self._confirmed_lock:
+            with self._deferred_lock:
                 confirmed = command_id in self._confirmed
         if row is None:
             return None
@@ -190,41 +192,50 @@ class Journal:
         `body` is the result's JSON when the caller has it already."""
         now = time.time()
         body = body or result.model_dump_json()
+        self._with_deferred(
+            "INSERT INTO commands (id, fingerprint, op, state, result, received_at, updated_at) "
+            "VALUES (?, ?, ?, 'finished', ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET state = 'finished', result = excluded.result, body = NULL, "
+            "updated_at = excluded.updated_at",
+            (command_id, fingerprint, result.op, body, now, now))
+
+    def _with_deferred(self, sql: str, parameters: tuple) -> sqlite3.Cursor:
+        """One statement, in a transaction with the deferred writes."""
         with self._lock:
             self._db.execute("BEGIN")
-            confirmed = self._take_confirmed()
+            deferred = self._take_deferred()
             try:
-                self._db.executemany("UPDATE commands SET published = 1 WHERE id = ?", [(i,) for i in confirmed])
-                self._db.execute(
-                    "INSERT INTO commands (id, fingerprint, op, state, result, received_at, updated_at) "
-                    "VALUES (?, ?, ?, 'finished', ?, ?, ?) "
-                    "ON CONFLICT(id) DO UPDATE SET state = 'finished', result = excluded.result, body = NULL, "
-                    "updated_at = excluded.updated_at",
-                    (command_id, fingerprint, result.op, body, now, now))
+                self._write_deferred(*deferred)
+                cursor = self._db.execute(sql, parameters)
                 self._db.execute("COMMIT")
+                return cursor
             except BaseException:
                 self._db.execute("ROLLBACK")
-                with self._confirmed_lock:
+                confirmed, unparked = deferred
+                with self._deferred_lock:
                     self._confirmed |= confirmed
+                    self._unparked |= unparked
                 raise
 
     def mark_published(self, command_id: str) -> None:
         """The broker confirmed the command's result. The flag is written with the next result stored
         or the next heartbeat; a process killed before that publishes the result again at restart
         (an identical copy, which consumers drop by id)."""
-        with self._confirmed_lock:
+        with self._deferred_lock:
             self._confirmed.add(command_id)
 
-    def _take_confirmed(self) -> set[str]:
-        with self._confirmed_lock:
-            confirmed, self._confirmed = self._confirmed, set()
-        return confirmed
+    def _take_deferred(self) -> tuple[set[str], set[int]]:
+        with self._deferred_lock:
+            taken = self._confirmed, self._unparked
+            self._confirmed, self._unparked = set(), set()
+        return taken
 
-    def _write_confirmed(self) -> None:
-        """Under the lock: write the flags of confirmed results."""
-        confirmed = self._take_confirmed()
+    def _write_deferred(self, confirmed: set[str], unparked: set[int]) -> None:
+        """Under the lock: set the flags of confirmed results, delete confirmed events."""
         if confirmed:
             self._db.executemany("UPDATE commands SET published = 1 WHERE id = ?", [(i,) for i in confirmed])
+        if unparked:
+            self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in unparked])
 
     def orphans(self, me: str, stale_after: float) -> list[Entry]:
         """What the journal holds for an owner that is gone (its heartbeat is older than
@@ -253,11 +264,9 @@ class Journal:
         return cursor.rowcount == 1
 
     def heartbeat(self, owner: str) -> None:
-        with self._lock:
-            self._write_confirmed()
-        self._run("INSERT INTO owners (owner, hostname, pid, heartbeat) VALUES (?, ?, ?, ?) "
-                  "ON CONFLICT(owner) DO UPDATE SET heartbeat = excluded.heartbeat",
-                  (owner, socket.gethostname(), os.getpid(), time.time()))
+        self._with_deferred("INSERT INTO owners (owner, hostname, pid, heartbeat) VALUES (?, ?, ?, ?) "
+                            "ON CONFLICT(owner) DO UPDATE SET heartbeat = excluded.heartbeat",
+                            (owner, socket.gethostname(), os.getpid(), time.time()))
 
     def retire(self, owner: str) -> None:
         """A clean stop: the owner row goes (it owns nothing unfinished any more)."""
@@ -295,17 +304,23 @@ class Journal:
     # ---- event outbox ------------------------------------------------------------------------------
 
     def park(self, exchange: str, routing_key: str, body: bytes, headers: str) -> int:
-        return self._run("INSERT INTO outbox (exchange, routing_key, body, headers, created) VALUES (?, ?, ?, ?, ?)",
-                         (exchange, routing_key, body, headers, time.time())).lastrowid
+        return self._with_deferred(
+            "INSERT INTO outbox (exchange, routing_key, body, headers, created) VALUES (?, ?, ?, ?, ?)",
+            (exchange, routing_key, body, headers, time.time())).lastrowid
 
     def unpark(self, seqs: list[int]) -> None:
-        if seqs:
-            with self._lock:
-                self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+        """The broker confirmed these events: deleted with the next write (see `_confirmed`). A
+        process killed before that publishes them again at restart (same id and sequence)."""
+        with self._deferred_lock:
+            self._unparked.update(seqs)
 
     def parked(self) -> list[Parked]:
-        rows = self._run("SELECT seq, exchange, routing_key, body, headers FROM outbox ORDER BY seq").fetchall()
-        return [Parked(*row) for row in rows]
+        with self._lock:
+            rows = self._db.execute("SELECT seq, exchange, routing_key, body, headers FROM outbox ORDER BY seq") \
+                .fetchall()
+            with self._deferred_lock:
+                gone = set(self._unparked)
+        return [Parked(*row) for row in rows if row[0] not in gone]
 
     def trim_parked(self, keep_at_most: int) -> int:
         """Drop the oldest parked events beyond the bound; returns how many."""

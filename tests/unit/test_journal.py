@@ -149,3 +149,14 @@ def test_confirmed_flags_are_written_by_the_heartbeat_and_on_close(tmp_path):
     journal.mark_published("b")
     journal.close()
     assert Journal(path).get("b").published
+
+
+def test_a_confirmed_event_leaves_the_outbox_at_once_and_is_deleted_with_the_next_write(tmp_path):
+    path = tmp_path / "journal.db"
+    journal = Journal(path)
+    first = journal.park("events", "h.pool.started", b"{}", "{}")
+    journal.unpark([first])
+    assert journal.parked() == [], "read through the confirmed set"
+    assert [p.seq for p in Journal(path).parked()] == [first], "not deleted yet: another process still has it"
+    second = journal.park("events", "h.pool.stopped", b"{}", "{}")
+    assert [p.seq for p in Journal(path).parked()] == [second], "deleted with the next event parked"
