@@ -63,6 +63,10 @@ class _Touch:
 
 _STOP = object()
 BATCH = 1000  # items taken from the queue at once
+# A pool's capacity is looked at again this long after a command changed it, once for every command
+# of that time: the look-up then never competes with the commands' own results (measured: answering
+# it at once added about 0.25 ms to each serial volume.create/delete).
+TOUCH_DELAY = 0.2
 
 
 class Monitor:
@@ -115,9 +119,12 @@ class Monitor:
     def _run(self) -> None:
         interval = self._settings.reconcile_interval
         next_pass = time.monotonic() + interval
+        touched: set[str] = set()
+        touch_due: float | None = None
         while True:
+            due = next_pass if touch_due is None else min(next_pass, touch_due)
             try:
-                batch = [self._queue.get(timeout=max(0.0, next_pass - time.monotonic()))]
+                batch = [self._queue.get(timeout=max(0.0, due - time.monotonic()))]
             except queue.Empty:
                 batch = [None]
             while len(batch) < BATCH:  # whatever else is waiting is handled together
@@ -127,6 +134,10 @@ class Monitor:
                     break
             if _STOP in batch:
                 return
+            touches = {item.pool for item in batch if isinstance(item, _Touch)}
+            if touches:
+                touched |= touches
+                touch_due = touch_due or time.monotonic() + TOUCH_DELAY
             try:
                 # Due, whether or not the queue went quiet: a steady stream of callbacks must not
                 # starve the re-listing that finds what they do not report.
@@ -137,16 +148,18 @@ class Monitor:
                         self._reconcile(publish_pool_changes=False)
                         if self._metrics is not None:
                             self._metrics.reconcile_seconds.set(time.monotonic() - began)
-                self._handle_batch([item for item in batch if item is not None])
+                self._handle_batch([item for item in batch if item is not None and not isinstance(item, _Touch)])
+                if touch_due is not None and time.monotonic() >= touch_due:
+                    names, touched, touch_due = touched, set(), None
+                    self._recheck(names)
             except (libvirt.libvirtError, OperationError) as error:
                 log.info("monitor pass interrupted by libvirt", extra={"error": str(error)})
             except Exception:
                 log.exception("monitor pass failed")
 
     def _handle_batch(self, items: list[object]) -> None:
-        """In arrival order, but each run of pool signals together, and each touched pool once."""
+        """In arrival order, but each run of pool signals together."""
         signals: list[_PoolSignal] = []
-        touched: set[str] = set()
         for item in items:
             if isinstance(item, _PoolSignal):
                 signals.append(item)
@@ -154,12 +167,12 @@ class Monitor:
             if signals:
                 self._on_pool_signals(signals)
                 signals = []
-            if isinstance(item, _Touch):
-                touched.add(item.pool)
-            else:
-                self._handle(item)
+            self._handle(item)
         if signals:
             self._on_pool_signals(signals)
+
+    def _recheck(self, touched: set[str]) -> None:
+        """The pools commands changed: sizes into the inventory, capacity events."""
         for name in touched:
             pool = self._lookup(name)
             if pool is not None:
