@@ -43,14 +43,19 @@ def create(ctx: Context, a: VolumeCreateArgs) -> VolumeChange:
         backing = ctx.volume(ctx.active_pool(a.backing.pool), a.backing.name)
         backing_path = backing.path()
         backing_format = volume_object(a.backing.pool, backing).format
-    existing = ctx.find_volume(pool, a.name)
-    if existing is not None:
-        _same_or_conflict(a, fmt, backing_path, existing)
-        return VolumeChange(**volume_object(a.pool, existing).model_dump(), changed=ctx.changed)
     xml = volume_xml.build(a.name, a.capacity, allocation=a.allocation, format=fmt,
                            backing_path=backing_path, backing_format=backing_format)
     flags = libvirt.VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA if a.prealloc_metadata else 0
-    volume = pool.createXML(xml, flags)
+    try:
+        # Made first, compared only when the name is taken: one round trip less on the common path.
+        volume = pool.createXML(xml, flags)
+    except libvirt.libvirtError as exc:
+        existing = ctx.find_volume(pool, a.name) if exc.get_error_code() == libvirt.VIR_ERR_STORAGE_VOL_EXIST \
+            else None
+        if existing is None:
+            raise
+        _same_or_conflict(a, fmt, backing_path, existing)
+        return VolumeChange(**volume_object(a.pool, existing).model_dump(), changed=ctx.changed)
     ctx.changed = True
     made = volume_object(a.pool, volume)
     ctx.volume_event(EventType.volume_created, made)
