@@ -54,20 +54,12 @@ def parse_pairs(pairs: list[str], base: dict[str, Any] | None = None) -> dict[st
     return args
 
 
-# An event passes through three threads (libvirt's loop, the monitor, the I/O thread); while eight
-# executors keep the GIL busy, each hand-over may wait a whole switch interval (Python's default is
-# 5 ms). 1 ms lowered the event p99 with 500 commands in flight from 38-50 ms to 30-37 ms in paired
-# runs of `scripts/bench --only events`, with no measurable change in command throughput.
-GIL_SWITCH_INTERVAL = 0.001
-
-
 def cmd_run(ns: argparse.Namespace) -> int:
     from worker.app import Worker
     from worker.logs import configure
 
     settings = _load(ns)
     configure(settings.log_format, settings.log_level, settings.host_id)
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     try:
         worker = Worker(settings)
     except (ValueError, OSError) as error:  # e.g. an unreadable TLS key or state dir
