@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from benchmarks.common import (GiB, IMAGES, MiB, BenchPool, Requester, Row, Table, WorkerProcess, command,  # noqa: E402
-                               histogram_buckets, histogram_quantile, ms, percentile)
+from benchmarks.common import (GiB, IMAGES, MiB, BenchPool, CpuMeter, Requester, Row, Table, WorkerProcess,  # noqa: E402
+                               command, histogram_buckets, histogram_quantile, ms, percentile)
 from benchmarks.floors import BarePika, libvirt_create_delete, libvirt_volume_info, p50_p99  # noqa: E402
 
 
@@ -54,7 +54,10 @@ def bench_commands(table: Table, worker: WorkerProcess, pool: BenchPool) -> None
         info = lambda: command("volume.info", {"pool": pool.name, "name": "info.raw"})  # noqa: E731
         client.serial([info() for _ in range(200)])  # warm-up
         serial = client.serial([info() for _ in range(2000)])
+        meter = CpuMeter(worker.process.pid)
+        meter.start()
         rate = client.pipelined([info() for _ in range(5000)], 64)
+        cpu = meter.per(5000)
 
         def create_delete(count: int, in_flight: int | None) -> tuple[list[float], float]:
             names = [f"cd-{uuid.uuid4().hex[:8]}.raw" for _ in range(count)]
@@ -85,6 +88,9 @@ def bench_commands(table: Table, worker: WorkerProcess, pool: BenchPool) -> None
                   rate / bare_rate, ">= 0.8x bare", rate >= 0.8 * bare_rate))
     table.add(Row("commands", "same, against bare pika + the libvirt read (one thread, nothing else)", f"{rate:,.0f}/s",
                   f"{reader_rate:,.0f}/s", rate / reader_rate, "", None))
+    table.add(Row("commands", "CPU per pipelined volume.info: worker / broker / libvirtd / client",
+                  " / ".join(f"{cpu.get(name, 0) * 1e3:.2f}" for name in ("worker", "broker", "libvirtd", "client"))
+                  + " ms", "", None, "", None))
     c50, c99 = p50_p99(cd_serial)
     l50, _ = p50_p99(floor_cd)
     table.add(Row("commands", "create+delete 1 MiB raw serial p50 (floor: libvirt + 2x bare)", ms(c50),

@@ -147,6 +147,39 @@ class WorkerProcess:
         connection.close()
 
 
+class CpuMeter:
+    """CPU seconds (user + system) that processes spend between `start()` and `per(count)`: the
+    worker, the broker, libvirtd and this process (the benchmark's client)."""
+
+    def __init__(self, worker_pid: int):
+        self.pids = {"worker": worker_pid, "broker": _pid_of("beam.smp"), "libvirtd": _pid_of("libvirtd")}
+        self._before: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        seconds = {name: _cpu_seconds(pid) for name, pid in self.pids.items() if pid is not None}
+        seconds["client"] = time.process_time()
+        return seconds
+
+    def start(self) -> None:
+        self._before = self._now()
+
+    def per(self, count: int) -> dict[str, float]:
+        """Seconds of CPU per item for each process since `start()`."""
+        after = self._now()
+        return {name: (after[name] - self._before[name]) / count for name in after}
+
+
+def _pid_of(name: str) -> int | None:
+    found = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout.split()
+    return int(found[0]) if found else None
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _status_field(pid: int, name: str) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
