@@ -308,16 +308,10 @@ def bench_scale(table: Table, worker: WorkerProcess, root: Path) -> None:
             for index in range(count):
                 with open(pool.path / f"s{index:05d}.raw", "wb") as handle:
                     handle.truncate(MiB)
-            created = _events_published(worker, "storage.volume.created")
             pool.handle.refresh(0)  # the worker learns the pool's volumes from the refresh event
-            # ... and publishes a volume.created event for each: timed while those go out, the listing
-            # would measure the event burst (seconds at 10 000), not itself.
-            deadline = time.monotonic() + 120
-            while _events_published(worker, "storage.volume.created") < created + count:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the worker did not report the {count} volumes of {pool.name}")
-                time.sleep(0.2)
-            time.sleep(0.5)
+            # ... and publishes a volume.created event for each it had not seen yet: timed while those
+            # go out, the listing would measure the event burst (seconds at 10 000), not itself.
+            _wait_for_events_to_settle(worker)
             listing = [client.serial([command("volume.list", {"pool": pool.name})])[0] for _ in range(3)]
             reconcile = _reconcile_seconds(worker)
             timings[count] = (min(listing), reconcile, worker.rss() - rss_before)
@@ -337,12 +331,21 @@ def bench_scale(table: Table, worker: WorkerProcess, root: Path) -> None:
                   large / small < 15))
 
 
-def _events_published(worker: WorkerProcess, event_type: str) -> float:
-    prefix = f'storage_worker_events_published_total{{type="{event_type}"}} '
-    for line in worker.metrics().splitlines():
-        if line.startswith(prefix):
-            return float(line.split()[-1])
-    return 0.0
+def _wait_for_events_to_settle(worker: WorkerProcess, quiet: float = 1.0, timeout: float = 120) -> None:
+    """Until the worker has published no event for `quiet` seconds."""
+    def published() -> float:
+        return sum(float(line.split()[-1]) for line in worker.metrics().splitlines()
+                   if line.startswith("storage_worker_events_published_total{"))
+
+    deadline = time.monotonic() + timeout
+    last, since = published(), time.monotonic()
+    while time.monotonic() - since < quiet:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the worker kept publishing events")
+        time.sleep(0.2)
+        now = published()
+        if now != last:
+            last, since = now, time.monotonic()
 
 
 def _reconcile_seconds(worker: WorkerProcess) -> float:
