@@ -19,13 +19,6 @@ libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # keep libvirt from
 
 
 @pytest.fixture
-def conn():
-    connection = libvirt.open("test:///default")
-    yield connection
-    connection.close()
-
-
-@pytest.fixture
 def pool(conn):
     pool = conn.storagePoolLookupByName("default-pool")
     yield pool

@@ -5,16 +5,10 @@ from __future__ import annotations
 import libvirt
 import pytest
 
+from tests.unit.conftest import TEST_DRIVER
 from worker.virt.handles import VolumeHandles
 
 VOLUME_XML = "<volume><name>{name}</name><capacity>1048576</capacity></volume>"
-
-
-@pytest.fixture
-def conn():
-    connection = libvirt.open("test:///default")
-    yield connection
-    connection.close()
 
 
 @pytest.fixture
@@ -30,7 +24,7 @@ def test_a_kept_handle_is_returned_for_its_connection_only(conn, volumes):
     handles = VolumeHandles()
     handles.put("default-pool", "h0.img", volumes[0])
     assert handles.get(conn, "default-pool", "h0.img") is volumes[0]
-    other = libvirt.open("test:///default")
+    other = libvirt.open(TEST_DRIVER)
     try:
         assert handles.get(other, "default-pool", "h0.img") is None, "a handle of another connection"
     finally:
