@@ -126,6 +126,8 @@ class Journal:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._db.executescript(_SCHEMA)
         self._checkpointer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
         # What the broker confirmed, not written yet: results whose `published` flag is to be set and
         # parked events to delete. Confirms arrive on the AMQP I/O thread, which should not wait for
         # the disk, so these are written with the next result stored or event parked (or the next
@@ -140,6 +142,9 @@ class Journal:
             self._db.close()
             if self._checkpointer is not None:
                 self._checkpointer.close()
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
 
     def checkpoint(self) -> None:
         """Copy the write-ahead log into the database, on a connection of its own (PASSIVE: it never
@@ -273,7 +278,15 @@ class Journal:
         self._run("DELETE FROM owners WHERE owner = ?", (owner,))
 
     def count(self) -> int:
-        return self._run("SELECT COUNT(*) FROM commands").fetchone()[0]
+        """Rows held. Counted on a connection of its own (a reader in WAL mode holds up no writer):
+        at a million rows the count takes about 10 ms, which every metrics scrape would otherwise
+        add to the commands' journal writes."""
+        if self._path == ":memory:":
+            return self._run("SELECT COUNT(*) FROM commands").fetchone()[0]
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            return self._reader.execute("SELECT COUNT(*) FROM commands").fetchone()[0]
 
     def prune(self, older_than_seconds: float, keep_at_most: int | None = None) -> int:
         """Forget finished, published commands older than the given age, and the oldest of them

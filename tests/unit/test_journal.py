@@ -160,3 +160,13 @@ def test_a_confirmed_event_leaves_the_outbox_at_once_and_is_deleted_with_the_nex
     assert [p.seq for p in Journal(path).parked()] == [first], "not deleted yet: another process still has it"
     second = journal.park("events", "h.pool.stopped", b"{}", "{}")
     assert [p.seq for p in Journal(path).parked()] == [second], "deleted with the next event parked"
+
+
+def test_the_count_is_read_on_its_own_connection_and_sees_every_commit(tmp_path):
+    journal = Journal(tmp_path / "journal.db")
+    assert journal.count() == 0
+    for command_id in ("a", "b", "c"):
+        journal.receive(command_id, "f", "volume.create")
+    journal.finish("d", "f", result("d"))
+    assert journal.count() == 4
+    journal.close()
