@@ -40,6 +40,7 @@ def test_pool_handles_are_kept_per_connection_and_forgotten_on_all(gateway):
     assert gateway.pool("default-pool") is mine, "looked up once"
     theirs = in_thread(lambda: gateway.pool("default-pool"))
     assert theirs.connect() is not mine.connect()
+    assert in_thread(lambda: gateway.volumes) is not gateway.volumes, "volume handles too"
     gateway.forget_pools("default-pool")
     assert gateway.pool("default-pool") is not mine
     assert gateway.pool("missing") is None

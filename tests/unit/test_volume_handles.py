@@ -5,7 +5,6 @@ from __future__ import annotations
 import libvirt
 import pytest
 
-from tests.unit.conftest import TEST_DRIVER
 from worker.virt.handles import VolumeHandles
 
 VOLUME_XML = "<volume><name>{name}</name><capacity>1048576</capacity></volume>"
@@ -20,39 +19,27 @@ def volumes(conn):
         volume.delete(0)
 
 
-def test_a_kept_handle_is_returned_for_its_connection_only(conn, volumes):
-    handles = VolumeHandles()
-    handles.put("default-pool", "h0.img", volumes[0])
-    assert handles.get(conn, "default-pool", "h0.img") is volumes[0]
-    other = libvirt.open(TEST_DRIVER)
-    try:
-        assert handles.get(other, "default-pool", "h0.img") is None, "a handle of another connection"
-    finally:
-        other.close()
-    assert len(handles) == 0, "a handle of a connection no longer in use is dropped"
-
-
-def test_the_least_recently_used_handle_goes_first(conn, volumes):
+def test_the_least_recently_used_handle_goes_first(volumes):
     handles = VolumeHandles(limit=2)
     handles.put("default-pool", "h0.img", volumes[0])
     handles.put("default-pool", "h1.img", volumes[1])
-    handles.get(conn, "default-pool", "h0.img")
+    handles.get("default-pool", "h0.img")
     handles.put("default-pool", "h2.img", volumes[2])
-    assert handles.get(conn, "default-pool", "h1.img") is None
-    assert handles.get(conn, "default-pool", "h0.img") is volumes[0]
-    assert handles.get(conn, "default-pool", "h2.img") is volumes[2]
+    assert handles.get("default-pool", "h1.img") is None
+    assert handles.get("default-pool", "h0.img") is volumes[0]
+    assert handles.get("default-pool", "h2.img") is volumes[2]
 
 
-def test_forgetting_one_volume_or_a_whole_pool(conn, volumes):
+def test_forgetting_one_volume_or_a_whole_pool(volumes):
     handles = VolumeHandles()
     handles.put("default-pool", "h0.img", volumes[0])
     handles.put("default-pool", "h1.img", volumes[1])
     handles.put("other", "h2.img", volumes[2])
     handles.forget("default-pool", "h0.img")
-    assert handles.get(conn, "default-pool", "h0.img") is None
+    assert handles.get("default-pool", "h0.img") is None
     handles.forget("default-pool")
-    assert handles.get(conn, "default-pool", "h1.img") is None
-    assert handles.get(conn, "other", "h2.img") is volumes[2]
+    assert handles.get("default-pool", "h1.img") is None
+    assert handles.get("other", "h2.img") is volumes[2]
 
 
 def test_a_kept_handle_names_its_volume_by_name(conn, volumes):

@@ -87,8 +87,7 @@ class Context:
         """The volume object: one round trip with a handle kept from an earlier command
         (worker.virt.handles), the look-up and the read otherwise. A kept handle whose volume or
         pool is gone takes the look-up path, which names what is missing."""
-        conn = self.conn
-        kept = self.gateway.volumes.get(conn, pool_name, name)
+        kept = self.gateway.volumes.get(pool_name, name)
         if kept is not None:
             try:
                 return volume_xml.read(pool_name, kept.XMLDesc(0))

@@ -3,8 +3,9 @@
 A libvirt volume handle names its volume by pool name and volume name: libvirtd looks the volume up
 again by those names on every call made with it (storage driver, `virStorageVolDefFromVol`). A kept
 handle therefore behaves exactly like a fresh `storageVolLookupByName` — a volume deleted since
-answers "no storage vol", one deleted and made again is the new one — and saves the look-up. Handles
-belong to the connection that made them; the cache is bounded (least recently used go first).
+answers "no storage vol", one deleted and made again is the new one — and saves the look-up. Each
+thread's connection keeps its own (worker.virt.gateway); the cache is bounded (least recently used
+go first).
 """
 
 from __future__ import annotations
@@ -23,15 +24,11 @@ class VolumeHandles:
         self._handles: OrderedDict[tuple[str, str], libvirt.virStorageVol] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, conn: libvirt.virConnect, pool: str, name: str) -> libvirt.virStorageVol | None:
+    def get(self, pool: str, name: str) -> libvirt.virStorageVol | None:
         with self._lock:
             handle = self._handles.get((pool, name))
-            if handle is None:
-                return None
-            if handle.connect() is not conn:
-                del self._handles[(pool, name)]
-                return None
-            self._handles.move_to_end((pool, name))
+            if handle is not None:
+                self._handles.move_to_end((pool, name))
             return handle
 
     def put(self, pool: str, name: str, handle: libvirt.virStorageVol) -> None:
