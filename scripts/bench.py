@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from benchmarks.common import (GiB, IMAGES, MiB, BenchPool, CpuMeter, Requester, Row, Table, WorkerProcess,  # noqa: E402
-                               command, histogram_buckets, histogram_quantile, ms, percentile)
+from benchmarks.common import (GiB, IMAGES, MiB, BenchPool, CpuMeter, Requester, Row, Table,  # noqa: E402
+                               WorkerProcess, command, histogram_buckets, histogram_quantile, ms, percentile)
 from benchmarks.floors import BarePika, libvirt_create_delete, libvirt_volume_info, p50_p99  # noqa: E402
 
 

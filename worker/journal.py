@@ -223,9 +223,9 @@ class Journal:
                 raise
 
     def mark_published(self, command_id: str) -> None:
-        """The broker confirmed the command's result. The flag is written with the next result stored
-        or the next heartbeat; a process killed before that publishes the result again at restart
-        (an identical copy, which consumers drop by id)."""
+        """The broker confirmed the command's result. The flag is written with the journal's next write
+        (at the latest the next heartbeat); a process killed before that publishes the result again
+        at restart (an identical copy, which consumers drop by id)."""
         with self._deferred_lock:
             self._confirmed.add(command_id)
 

@@ -7,9 +7,10 @@ Two channels per connection:
 - the *publish* channel, in confirm mode: every publish gets a delivery tag, and its callback runs
   once the broker confirms it. Publishes made while no channel is open wait in an outbox; publishes
   unconfirmed when a connection is lost go back to the front of the outbox and are sent again.
-- the *consume* channel: prefetch, manual acks (coalesced per turn of the loop: worker.amqp.acks). Each delivery remembers the channel generation it
-  came from; an ack for an older generation is dropped (that message is redelivered by the broker
-  and answered from the journal), never sent with a stale delivery tag.
+- the *consume* channel: prefetch, manual acks, coalesced per turn of the loop (worker.amqp.acks).
+  Each delivery remembers the channel generation it came from; an ack for an older generation is
+  dropped (that message is redelivered by the broker and answered from the journal), never sent
+  with a stale delivery tag.
 
 Events wait in a buffer of their own while no channel is open; it is bounded, and events dropped
 beyond the bound (oldest first) are counted and logged. Results are never dropped.
