@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import pytest
@@ -61,3 +62,10 @@ def test_closed_gateway_refuses_connections(gateway):
     gateway.close()
     with pytest.raises(Exception, match="shutting down"):
         gateway.connection()
+
+
+def test_a_thread_that_ends_releases_its_connection(gateway):
+    gateway.connection()
+    in_thread(gateway.connection)
+    gc.collect()
+    assert len(gateway._sessions) == 1, "only this thread's session is left"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -94,7 +95,9 @@ class LibvirtGateway:
         self._wake = threading.Event()
         self._epoch = 0  # counts main connections lost: sessions of an older epoch are replaced
         self._local = threading.local()
-        self._sessions: list[_Session] = []  # every thread's, for forget_pools and close
+        # Every live thread's session, for forget_pools and close; a thread that ends takes its
+        # session (and connection) with it.
+        self._sessions: weakref.WeakSet[_Session] = weakref.WeakSet()
         self._pool_types: dict[str, str] = {}
 
     def pool(self, name: str) -> libvirt.virStoragePool | None:
@@ -169,7 +172,7 @@ class LibvirtGateway:
             if self._closed:
                 session.conn.close()
                 raise OperationError(ErrorCode.unavailable, "the worker is shutting down", retryable=False)
-            self._sessions.append(session)
+            self._sessions.add(session)
         self._local.session = session
         return session
 
@@ -197,8 +200,7 @@ class LibvirtGateway:
         if session is not None and not _alive(session.conn):
             self._local.session = None
             with self._lock:
-                if session in self._sessions:
-                    self._sessions.remove(session)
+                self._sessions.discard(session)
         with self._lock:
             conn = self._conn
             if conn is not None and not _alive(conn):
@@ -210,7 +212,7 @@ class LibvirtGateway:
             self._connected.clear()
             self._wake.set()
             conn, self._conn = self._conn, None
-            sessions, self._sessions = self._sessions, []
+            sessions, self._sessions = list(self._sessions), weakref.WeakSet()
         for session in sessions:
             try:
                 session.conn.close()
@@ -270,7 +272,7 @@ class LibvirtGateway:
         re-opening one."""
         self._conn = None
         self._epoch += 1
-        self._sessions = []
+        self._sessions = weakref.WeakSet()
         self._pool_types.clear()
         self._connected.clear()
         log.warning("lost the connection to libvirt", extra={"uri": self.uri, "reason": reason})
