@@ -4,19 +4,12 @@ after that command ended and another began on the same pool."""
 from __future__ import annotations
 
 from messages.events import EventType
+from tests.unit.conftest import FakeClock
 from worker.attribution import Attribution
 
 
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-
 def test_a_late_event_goes_to_the_command_that_can_cause_it_not_the_newest():
-    clock = Clock()
+    clock = FakeClock()
     attribution = Attribution(clock=clock)
     attribution.begin("images", "define-1", "pool.define")
     attribution.end("images", "define-1")
@@ -26,7 +19,7 @@ def test_a_late_event_goes_to_the_command_that_can_cause_it_not_the_newest():
 
 
 def test_a_running_command_is_the_cause_and_an_ended_one_only_for_a_while():
-    clock = Clock()
+    clock = FakeClock()
     attribution = Attribution(clock=clock, linger=5)
     attribution.begin("images", "stop-1", "pool.stop")
     clock.now = 100
@@ -39,7 +32,7 @@ def test_a_running_command_is_the_cause_and_an_ended_one_only_for_a_while():
 
 
 def test_events_no_command_of_this_worker_caused_have_none():
-    attribution = Attribution(clock=Clock())
+    attribution = Attribution(clock=FakeClock())
     assert attribution.command_for("images", EventType.pool_started) is None
     attribution.begin("images", "refresh-1", "pool.refresh")
     assert attribution.command_for("images", EventType.pool_stopped) is None
@@ -47,7 +40,7 @@ def test_events_no_command_of_this_worker_caused_have_none():
 
 
 def test_the_refresh_libvirt_makes_after_an_upload_belongs_to_the_upload():
-    attribution = Attribution(clock=Clock())
+    attribution = Attribution(clock=FakeClock())
     attribution.begin("images", "upload-1", "volume.upload")
     attribution.begin("images", "info-1", "volume.info")
     assert attribution.command_for("images", EventType.pool_refreshed) == "upload-1"

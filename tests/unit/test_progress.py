@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 from messages.events import JobProgressData
+from tests.unit.conftest import FakeClock
 from worker.cli import ProgressBar
 from worker.progress import ProgressReporter
 
@@ -17,16 +18,8 @@ class Recorder:
         self.events.append((kind, data, kwargs))
 
 
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
-
-
 def test_at_most_one_event_per_interval_and_the_final_one_always():
-    events, clock = Recorder(), Clock()
+    events, clock = Recorder(), FakeClock(100.0)
     reporter = ProgressReporter(events, "cmd-1", "volume.upload", clock=clock)
     for step in range(1, 9):  # 8 updates over 2 seconds
         clock.now += 0.25
@@ -39,7 +32,7 @@ def test_at_most_one_event_per_interval_and_the_final_one_always():
 
 
 def test_rate_is_bytes_per_second_over_the_last_interval():
-    events, clock = Recorder(), Clock()
+    events, clock = Recorder(), FakeClock(100.0)
     reporter = ProgressReporter(events, "c", "volume.clone", clock=clock)
     clock.now += 2.0
     reporter.update(4000, 10_000)
