@@ -5,7 +5,7 @@ worker libvirt is gone; while it is down, commands wait (`connected`). Every thr
 (the executors, the monitor) gets a connection of its own, opened on first use after the main one
 is up and replaced after the main one is lost. A libvirt connection is thread-safe, but threads
 sharing one queue behind each other in its client: measured with 8 threads reading one volume,
-about 90 us of CPU and 100 us per call on a shared connection, 30 us and 58 us with one each.
+70-90 us of CPU and 100-120 us per call on a shared connection, 30 us and 58 us with one each.
 
 The event loop that keepalive, the close callback and the pool callbacks need runs on its own thread,
 registered once per process before the first connection opens.
