@@ -98,6 +98,20 @@ class Parked:
 
 _COLUMNS = "id, fingerprint, op, state, result, published, reply_to, correlation_id, owner, body, resumes"
 
+# A terminal result; the row exists already unless the command was rejected before being received
+# (or is a read, written only with its result).
+_FINISH = ("INSERT INTO commands (id, fingerprint, op, state, result, received_at, updated_at) "
+           "VALUES (?, ?, ?, 'finished', ?, ?, ?) "
+           "ON CONFLICT(id) DO UPDATE SET state = 'finished', result = excluded.result, body = NULL, "
+           "updated_at = excluded.updated_at")
+
+FINISHED_LATER_AT = 512  # deferred read results that make the next caller write them at once
+
+
+def _finish_parameters(command_id: str, fingerprint: str, result: Result, body: str | None) -> tuple:
+    now = time.time()
+    return command_id, fingerprint, result.op, body or result.model_dump_json(), now, now
+
 
 def _entry(row: tuple) -> Entry:
     return Entry(id=row[0], fingerprint=row[1], op=row[2], state=State(row[3]),
@@ -128,17 +142,19 @@ class Journal:
         self._checkpointer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
-        # What the broker confirmed, not written yet: results whose `published` flag is to be set and
-        # parked events to delete. Confirms arrive on the AMQP I/O thread, which should not wait for
-        # the disk, so these are written with the next result stored or event parked (or the next
-        # heartbeat); read through these sets they are written already.
+        # Writes deferred to the journal's next write (a result stored, an event parked, the next
+        # heartbeat); read through these they are written already. What the broker confirmed:
+        # results whose `published` flag is to be set and parked events to delete (confirms arrive
+        # on the AMQP I/O thread, which should not wait for the disk). And results of reads (see
+        # `finish_later`), by command id.
         self._confirmed: set[str] = set()
         self._unparked: set[int] = set()
+        self._finished_later: dict[str, tuple[tuple, Entry]] = {}
         self._deferred_lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:
-            self._write_deferred(*self._take_deferred())
+            self._commit_deferred()
             self._db.close()
             if self._checkpointer is not None:
                 self._checkpointer.close()
@@ -163,15 +179,22 @@ class Journal:
 
     def get(self, command_id: str) -> Entry | None:
         with self._lock:
-            row = self._db.execute(f"SELECT {_COLUMNS} FROM commands WHERE id = ?", (command_id,)).fetchone()
             with self._deferred_lock:
+                later = self._finished_later.get(command_id)
                 confirmed = command_id in self._confirmed
-        if row is None:
-            return None
-        entry = _entry(row)
+            if later is not None:
+                entry = later[1]
+            else:
+                row = self._db.execute(f"SELECT {_COLUMNS} FROM commands WHERE id = ?", (command_id,)).fetchone()
+                if row is None:
+                    return None
+                entry = _entry(row)
         return replace(entry, published=True) if confirmed else entry
 
     def known(self, command_id: str) -> bool:
+        with self._deferred_lock:
+            if command_id in self._finished_later:
+                return True
         return self._run("SELECT 1 FROM commands WHERE id = ?", (command_id,)).fetchone() is not None
 
     def receive(self, command_id: str, fingerprint: str, op: str | None, *, body: bytes | None = None,
@@ -195,32 +218,44 @@ class Journal:
     def finish(self, command_id: str, fingerprint: str, result: Result, body: str | None = None) -> None:
         """Store the terminal result (inserting the row for commands rejected before being received);
         `body` is the result's JSON when the caller has it already."""
-        now = time.time()
-        body = body or result.model_dump_json()
-        self._with_deferred(
-            "INSERT INTO commands (id, fingerprint, op, state, result, received_at, updated_at) "
-            "VALUES (?, ?, ?, 'finished', ?, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET state = 'finished', result = excluded.result, body = NULL, "
-            "updated_at = excluded.updated_at",
-            (command_id, fingerprint, result.op, body, now, now))
+        self._with_deferred(_FINISH, _finish_parameters(command_id, fingerprint, result, body))
 
-    def _with_deferred(self, sql: str, parameters: tuple) -> sqlite3.Cursor:
-        """One statement, in a transaction with the deferred writes."""
+    def finish_later(self, command_id: str, fingerprint: str, result: Result, body: str | None = None) -> None:
+        """Store the result of a read with the journal's next write (at the latest the next heartbeat,
+        or once FINISHED_LATER_AT results wait): until then it is read from memory. A read has no side
+        effect, so a process killed before the write loses nothing a new run cannot give: the broker
+        redelivers the read (its result was not confirmed yet, or the ack was lost with the process)
+        and it runs again. What it saves is a transaction per read."""
+        entry = Entry(id=command_id, fingerprint=fingerprint, op=result.op, state=State.finished, result=result,
+                      published=False)
+        with self._deferred_lock:
+            self._finished_later[command_id] = (_finish_parameters(command_id, fingerprint, result, body), entry)
+            full = len(self._finished_later) >= FINISHED_LATER_AT
+        if full:
+            self._with_deferred()
+
+    def _with_deferred(self, sql: str | None = None, parameters: tuple = ()) -> sqlite3.Cursor | None:
+        """The deferred writes, and one statement if given, in one transaction."""
         with self._lock:
-            self._db.execute("BEGIN")
-            deferred = self._take_deferred()
-            try:
-                self._write_deferred(*deferred)
-                cursor = self._db.execute(sql, parameters)
-                self._db.execute("COMMIT")
-                return cursor
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                confirmed, unparked = deferred
-                with self._deferred_lock:
-                    self._confirmed |= confirmed
-                    self._unparked |= unparked
-                raise
+            return self._commit_deferred(sql, parameters)
+
+    def _commit_deferred(self, sql: str | None = None, parameters: tuple = ()) -> sqlite3.Cursor | None:
+        """Under the lock: `_with_deferred`. On failure the deferred writes wait for the next one."""
+        self._db.execute("BEGIN")
+        deferred = self._take_deferred()
+        try:
+            self._write_deferred(*deferred)
+            cursor = None if sql is None else self._db.execute(sql, parameters)
+            self._db.execute("COMMIT")
+            return cursor
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            confirmed, unparked, finished_later = deferred
+            with self._deferred_lock:
+                self._confirmed |= confirmed
+                self._unparked |= unparked
+                self._finished_later = {**finished_later, **self._finished_later}
+            raise
 
     def mark_published(self, command_id: str) -> None:
         """The broker confirmed the command's result. The flag is written with the journal's next write
@@ -229,14 +264,18 @@ class Journal:
         with self._deferred_lock:
             self._confirmed.add(command_id)
 
-    def _take_deferred(self) -> tuple[set[str], set[int]]:
+    def _take_deferred(self) -> tuple[set[str], set[int], dict[str, tuple[tuple, Entry]]]:
         with self._deferred_lock:
-            taken = self._confirmed, self._unparked
-            self._confirmed, self._unparked = set(), set()
+            taken = self._confirmed, self._unparked, self._finished_later
+            self._confirmed, self._unparked, self._finished_later = set(), set(), {}
         return taken
 
-    def _write_deferred(self, confirmed: set[str], unparked: set[int]) -> None:
-        """Under the lock: set the flags of confirmed results, delete confirmed events."""
+    def _write_deferred(self, confirmed: set[str], unparked: set[int],
+                        finished_later: dict[str, tuple[tuple, Entry]]) -> None:
+        """Under the lock: store deferred results, then set the flags of confirmed results (some
+        may be of those results), delete confirmed events."""
+        if finished_later:
+            self._db.executemany(_FINISH, [parameters for parameters, _ in finished_later.values()])
         if confirmed:
             self._db.executemany("UPDATE commands SET published = 1 WHERE id = ?", [(i,) for i in confirmed])
         if unparked:

@@ -464,7 +464,12 @@ class CommandService:
     def _finish(self, flight: InFlight, result: Result) -> None:
         self._metrics.result(result)
         body = result.model_dump_json()
-        self._journal.finish(flight.command.id, flight.command.fingerprint, result, body)
+        command = flight.command
+        if OPERATIONS[command.op].read_only and flight.delivery is not None:
+            # The broker still holds the read: if this process dies it comes back and runs again.
+            self._journal.finish_later(command.id, command.fingerprint, result, body)
+        else:
+            self._journal.finish(command.id, command.fingerprint, result, body)
         self._results.publish(result, flight.reply_to, flight.correlation_id,
                               then=lambda: self._settled(flight.command.id), body=body.encode())
 

@@ -195,6 +195,31 @@ def test_resent_id_gets_the_stored_result_as_duplicate_without_a_second_side_eff
     assert [r["id"] for r in results.bodies()] == [first["id"]], "storage.results sees the original once"
 
 
+def test_a_resent_read_is_answered_with_its_first_result_by_this_worker_and_the_next(make_worker, libvirt_conn):
+    """A read's result waits in memory for the journal's next write: a repeat is answered from there
+    at once, and from the journal by the worker that follows a clean stop."""
+    first = make_worker()
+    client = first.client()
+    pool = first.name("pool")
+    ok(client.call("pool.define", {"name": pool, "type": "dir", "target": {"path": str(first.root / pool)},
+                                   "build": True, "start": True}))
+    ok(client.call("volume.create", {"pool": pool, "name": "read.raw", "capacity": 4096}))
+    command_id = str(uuid.uuid4())
+    answer = client.call("volume.info", {"pool": pool, "name": "read.raw"}, command_id=command_id)
+    assert ok(answer)["capacity"] == 4096 and not answer.duplicate
+    libvirt_conn.storagePoolLookupByName(pool).storageVolLookupByName("read.raw").resize(8192)
+    again = client.call("volume.info", {"pool": pool, "name": "read.raw"}, command_id=command_id)
+    assert again.duplicate and again.result == answer.result and again.finished_at == answer.finished_at
+    first.worker.stop(grace=10)
+    settings = first.settings
+    second = make_worker(host_id=settings.host_id, prefix=settings.prefix, state_dir=settings.state_dir,
+                         allowed_roots=settings.allowed_roots)
+    later = second.client().call("volume.info", {"pool": pool, "name": "read.raw"}, command_id=command_id)
+    assert later.duplicate and later.result == answer.result and later.finished_at == answer.finished_at
+    fresh = ok(second.client().call("volume.info", {"pool": pool, "name": "read.raw"}))
+    assert fresh["capacity"] == 8192
+
+
 def test_same_id_with_other_args_is_a_conflict(harness, raw, pool):
     command_id = str(uuid.uuid4())
     first = raw.call(json.dumps({"id": command_id, "op": "pool.info", "args": {"name": pool}}).encode())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from datetime import datetime, timezone
 
@@ -118,7 +119,6 @@ def test_the_journal_survives_closing_and_reopening(tmp_path):
 
 
 def test_a_file_journal_uses_write_ahead_logging(tmp_path):
-    import sqlite3
 
     path = tmp_path / "journal.sqlite"
     Journal(path).close()
@@ -170,3 +170,63 @@ def test_the_count_is_read_on_its_own_connection_and_sees_every_commit(tmp_path)
     journal.finish("d", "f", result("d"))
     assert journal.count() == 4
     journal.close()
+
+
+def test_a_read_result_stored_later_is_read_from_memory_until_the_next_write(tmp_path):
+    path = tmp_path / "journal.db"
+    journal = Journal(path)
+    journal.finish_later("r", "f", result("r", op="volume.info"))
+    assert journal.known("r")
+    entry = journal.get("r")
+    assert (entry.state, entry.fingerprint, entry.result.id, entry.published) == (State.finished, "f", "r", False)
+    assert Journal(path).get("r") is None, "not written yet"
+    journal.mark_published("r")
+    assert journal.get("r").published
+    journal.finish("w", "f", result("w"))
+    stored = Journal(path).get("r")
+    assert (stored.state, stored.result.op, stored.published) == (State.finished, "volume.info", True), \
+        "written with the next result, before its confirmed flag"
+
+
+def test_read_results_stored_later_are_written_by_the_heartbeat_and_on_close(tmp_path):
+    path = tmp_path / "journal.db"
+    journal = Journal(path)
+    journal.finish_later("a", "f", result("a", op="volume.info"))
+    journal.heartbeat("owner")
+    assert Journal(path).get("a").state is State.finished
+    journal.finish_later("b", "f", result("b", op="volume.list"))
+    journal.close()
+    assert Journal(path).get("b").state is State.finished
+
+
+def test_read_results_stored_later_are_written_at_once_when_enough_wait(tmp_path, monkeypatch):
+    monkeypatch.setattr("worker.journal.FINISHED_LATER_AT", 3)
+    path = tmp_path / "journal.db"
+    journal = Journal(path)
+    for command_id in ("a", "b"):
+        journal.finish_later(command_id, "f", result(command_id, op="volume.info"))
+    assert Journal(path).get("a") is None
+    journal.finish_later("c", "f", result("c", op="volume.info"))
+    assert [Journal(path).get(i).state for i in "abc"] == [State.finished] * 3
+
+
+def test_a_read_taken_into_custody_and_stored_later_keeps_its_row_and_finishes_it(tmp_path):
+    journal = Journal(tmp_path / "journal.db")
+    journal.receive("r", "f", "volume.info", body=b"{}", reply_to="q")
+    journal.own("r", "me")
+    journal.finish_later("r", "f", result("r", op="volume.info"))
+    journal.close()
+    entry = Journal(tmp_path / "journal.db").get("r")
+    assert (entry.state, entry.owner, entry.body) == (State.finished, "me", None)
+
+
+def test_deferred_writes_survive_a_failed_transaction_and_go_with_the_next(tmp_path):
+    path = tmp_path / "journal.db"
+    journal = Journal(path)
+    journal.finish_later("r", "f", result("r", op="volume.info"))
+    journal.mark_published("r")
+    with pytest.raises(sqlite3.OperationalError):
+        journal._with_deferred("INSERT INTO no_such_table VALUES (1)")
+    assert journal.get("r").published and Journal(path).get("r") is None
+    journal.heartbeat("owner")
+    assert Journal(path).get("r").published
