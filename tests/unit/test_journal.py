@@ -119,7 +119,6 @@ def test_the_journal_survives_closing_and_reopening(tmp_path):
 
 
 def test_a_file_journal_uses_write_ahead_logging(tmp_path):
-
     path = tmp_path / "journal.sqlite"
     Journal(path).close()
     with sqlite3.connect(path) as db:
