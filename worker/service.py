@@ -249,7 +249,7 @@ class CommandService:
         reply_to, correlation_id = _reply_to(delivery), _correlation(delivery, command.id)
         if OPERATIONS[command.op].read_only:
             # A read leaves nothing to reconcile after a crash: it is written once, with its result
-            # (or when the journal takes custody of it).
+            # (`finish_later`), or when the journal takes custody of it.
             new = not self._journal.known(command.id)
         else:
             # The insert tells a new id from a known one: no look-up on the common path.
