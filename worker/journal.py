@@ -317,9 +317,15 @@ class Journal:
         self._run("DELETE FROM owners WHERE owner = ?", (owner,))
 
     def count(self) -> int:
-        """Rows held. Counted on a connection of its own (a reader in WAL mode holds up no writer):
-        at a million rows the count takes about 10 ms, which every metrics scrape would otherwise
-        add to the commands' journal writes."""
+        """Commands held: rows, and results of reads still to be written. Rows are counted on a
+        connection of their own (a reader in WAL mode holds up no writer): at a million rows the
+        count takes about 10 ms, which every metrics scrape would otherwise add to the commands'
+        journal writes."""
+        with self._deferred_lock:
+            waiting = len(self._finished_later)
+        return waiting + self._rows()
+
+    def _rows(self) -> int:
         if self._path == ":memory:":
             return self._run("SELECT COUNT(*) FROM commands").fetchone()[0]
         with self._reader_lock:
@@ -336,7 +342,7 @@ class Journal:
         removed = self._run("DELETE FROM commands WHERE state = 'finished' AND (published = 1 OR owner IS NULL) "
                             "AND updated_at < ?", (cutoff,)).rowcount
         if keep_at_most is not None:
-            excess = self.count() - keep_at_most
+            excess = self._rows() - keep_at_most
             if excess > 0:
                 removed += self._run(
                     "DELETE FROM commands WHERE id IN (SELECT id FROM commands WHERE state = 'finished' "

@@ -168,6 +168,8 @@ def test_the_count_is_read_on_its_own_connection_and_sees_every_commit(tmp_path)
         journal.receive(command_id, "f", "volume.create")
     journal.finish("d", "f", result("d"))
     assert journal.count() == 4
+    journal.finish_later("e", "f", result("e", op="volume.info"))
+    assert journal.count() == 5, "a read's result waiting to be written counts"
     journal.close()
 
 
