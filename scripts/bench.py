@@ -58,6 +58,7 @@ def bench_commands(table: Table, worker: WorkerProcess, pool: BenchPool) -> None
         meter.start()
         rate = client.pipelined([info() for _ in range(5000)], 64)
         cpu = meter.per(5000)
+        client.expect_succeeded("volume.info")
 
         def create_delete(count: int, in_flight: int | None) -> tuple[list[float], float]:
             names = [f"cd-{uuid.uuid4().hex[:8]}.raw" for _ in range(count)]
@@ -75,8 +76,10 @@ def bench_commands(table: Table, worker: WorkerProcess, pool: BenchPool) -> None
 
         cd_serial, _ = create_delete(200, None)
         _, cd_rate = create_delete(1000, 64)
+        client.expect_succeeded("volume.create/delete")
     finally:
         client.close()
+    in_process_rate = in_process_volume_info_rate(pool.path.parent / "state-in-process")
 
     f50, f99 = p50_p99(floor_info)
     b50, b99 = p50_p99(bare_serial)
@@ -88,6 +91,8 @@ def bench_commands(table: Table, worker: WorkerProcess, pool: BenchPool) -> None
                   rate / bare_rate, ">= 0.8x bare", rate >= 0.8 * bare_rate))
     table.add(Row("commands", "same, against bare pika + the libvirt read (one thread, nothing else)", f"{rate:,.0f}/s",
                   f"{reader_rate:,.0f}/s", rate / reader_rate, "", None))
+    table.add(Row("commands", "same, worker on libvirt's in-process test driver (no libvirtd round trip)",
+                  f"{in_process_rate:,.0f}/s", f"{bare_rate:,.0f}/s", in_process_rate / bare_rate, "", None))
     table.add(Row("commands", "CPU per pipelined volume.info: worker / broker / libvirtd / client",
                   " / ".join(f"{cpu.get(name, 0) * 1e3:.2f}" for name in ("worker", "broker", "libvirtd", "client"))
                   + " ms", "", None, "", None))
@@ -100,6 +105,25 @@ def bench_commands(table: Table, worker: WorkerProcess, pool: BenchPool) -> None
                   f"{1 / (l50 + 2 * b50):,.0f}/s serial", None, "", None))
 
 
+def in_process_volume_info_rate(state: Path) -> float:
+    """Pipelined volume.info through a worker whose libvirt is the in-process test driver
+    (test:///default): the same path minus the round trip to libvirtd and libvirtd's own work,
+    to tell the worker's cost from libvirt's."""
+    worker = WorkerProcess(f"{uuid.uuid4().hex[:6]}-test-driver", Path("/default-pool"), state,
+                           libvirt_uri="test:///default")
+    client = Requester(f"{worker.prefix}.commands", worker.host_id)
+    try:
+        info = lambda: command("volume.info", {"pool": "default-pool", "name": "info.raw"})  # noqa: E731
+        client.serial([command("volume.create", {"pool": "default-pool", "name": "info.raw", "capacity": MiB})])
+        client.serial([info() for _ in range(200)])  # warm-up
+        rate = client.pipelined([info() for _ in range(5000)], 64)
+        client.expect_succeeded("volume.info on the test driver")
+        return rate
+    finally:
+        client.close()
+        worker.stop()
+
+
 def bench_memory(table: Table, worker: WorkerProcess, pool: BenchPool) -> None:
     client = Requester(f"{worker.prefix}.commands", worker.host_id)
     try:
@@ -110,6 +134,7 @@ def bench_memory(table: Table, worker: WorkerProcess, pool: BenchPool) -> None:
         late = worker.rss()
         client.pipelined([info() for _ in range(5000)], 64)
         later = worker.rss()
+        client.expect_succeeded("volume.info")
     finally:
         client.close()
     table.add(Row("commands", "worker RSS after 10 000 commands", f"{late / MiB:.0f} MiB", "", None, "< 100 MiB",
@@ -255,6 +280,7 @@ def bench_transfers(table: Table, worker: WorkerProcess, pool: BenchPool, scratc
         busy = during(worker_upload, worker_running)
         beside = during(lambda: subprocess.Popen(["virsh", "-q", "vol-upload", "--pool", pool.name, "dense-virsh.raw",
                                                   str(dense)]), lambda process: process.poll() is None)
+        client.expect_succeeded("transfer and volume.info")
         i50, b50, v50 = percentile(idle, 0.5), percentile(busy, 0.5), percentile(beside, 0.5)
         table.add(Row("transfers", "volume.info p50 on another volume during a 1 GiB upload", ms(b50),
                       f"{ms(i50)} idle", b50 / i50, "<= 2x", b50 / i50 <= 2, f"{len(busy)} calls"))
@@ -286,6 +312,7 @@ def bench_events(table: Table, worker: WorkerProcess, pool: BenchPool) -> None:
     loader.start()
     client.pipelined(info, 500)
     loader.join()
+    client.expect_succeeded("volume.info")
     client.close()
     time.sleep(0.5)
     text = worker.metrics()
@@ -313,6 +340,7 @@ def bench_scale(table: Table, worker: WorkerProcess, root: Path) -> None:
             # go out, the listing would measure the event burst (seconds at 10 000), not itself.
             _wait_for_events_to_settle(worker)
             listing = [client.serial([command("volume.list", {"pool": pool.name})])[0] for _ in range(3)]
+            client.expect_succeeded("volume.list")
             reconcile = _reconcile_seconds(worker)
             timings[count] = (min(listing), reconcile, worker.rss() - rss_before)
             pool.remove()

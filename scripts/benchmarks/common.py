@@ -233,6 +233,13 @@ class Requester:
             self.connection.process_data_events(time_limit=None)
         return len(bodies) / (time.perf_counter() - began)
 
+    def expect_succeeded(self, what: str) -> None:
+        """Every result received so far succeeded (a benchmark must not time failures); forget them."""
+        failed = [body for body in self.replies.values() if json.loads(body).get("status") != "succeeded"]
+        self.replies = {}
+        if failed:
+            raise RuntimeError(f"{len(failed)} {what} results did not succeed, e.g. {failed[0][:300]!r}")
+
     def close(self) -> None:
         self.connection.close()
 
