@@ -3,6 +3,8 @@ it (within LIBVIRT_WAIT and their deadline) instead of failing at once."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -36,6 +38,24 @@ def restartable_libvirtd():
         start_libvirtd()
 
 
+@pytest.fixture
+def freeze_libvirtd():
+    """Stops libvirtd with SIGSTOP: alive, its sockets open, answering nothing — a daemon hung on
+    storage, say. It always continues at the end of the test."""
+    frozen: list[int] = []
+
+    def freeze() -> None:
+        pid = int(subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True, text=True, check=True)
+                  .stdout.split()[0])
+        os.kill(pid, signal.SIGSTOP)
+        frozen.append(pid)
+
+    yield freeze
+    for pid in frozen:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(libvirtd_answers, 30, "libvirtd to answer again")
+
+
 def test_command_waits_for_libvirtd_to_come_back(make_worker, restartable_libvirtd):
     harness = make_worker()
     client = harness.client()
@@ -67,3 +87,26 @@ def test_command_gives_up_at_its_deadline_while_libvirtd_is_down(make_worker, re
         start_libvirtd()
     assert result.status.value == "failed" and result.error.code.value == "unavailable"
     assert (result.finished_at - result.started_at).total_seconds() < 10
+
+
+def test_a_hung_libvirtd_fails_commands_as_unavailable_and_does_not_hold_up_a_stop(make_worker, freeze_libvirtd):
+    """Keepalive notices the silence (about 20 s); the command then waits LIBVIRT_WAIT for a new
+    connection and fails `unavailable` instead of waiting for the daemon; a stop is not held up by
+    the re-open that libvirtd never answers. One executor: a thread that has no connection yet
+    would have to open one, and libvirt's open has no timeout."""
+    harness = make_worker(concurrency=1, libvirt_wait=2, retry_max_seconds=5)
+    client = harness.client()
+    pool = harness.name("pool")
+    ok(client.call("pool.define", {"name": pool, "type": "dir", "target": {"path": str(harness.root / pool)},
+                                   "build": True, "start": True}))
+    ok(client.call("volume.create", {"pool": pool, "name": "v.raw", "capacity": 2**20}))
+    freeze_libvirtd()
+    began = time.monotonic()
+    result = client.call("volume.info", {"pool": pool, "name": "v.raw"}, timeout=120)
+    waited = time.monotonic() - began
+    assert result.status.value == "failed" and result.error.code.value == "unavailable", result
+    assert waited < 60, f"answered after {waited:.0f} s"
+    assert not harness.worker.gateway.connected
+    began = time.monotonic()
+    harness.worker.stop(grace=10)
+    assert time.monotonic() - began < 30, "the stop waited for libvirtd"

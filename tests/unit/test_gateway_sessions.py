@@ -7,6 +7,8 @@ import threading
 
 import pytest
 
+from messages.results import ErrorCode
+from worker.errors import OperationError
 from worker.virt.gateway import LibvirtGateway
 
 
@@ -15,6 +17,8 @@ def gateway():
     opened = []
     g = LibvirtGateway("test:///default", on_connect=opened.append)
     g.opened = opened
+    g.start()
+    assert g.wait_connected(10)
     yield g
     g.close()
 
@@ -69,3 +73,18 @@ def test_a_thread_that_ends_releases_its_connection(gateway):
     in_thread(gateway.connection)
     gc.collect()
     assert len(gateway._sessions) == 1, "only this thread's session is left"
+
+
+def test_without_a_main_connection_a_caller_is_told_unavailable_and_opens_nothing():
+    """Only the reconnect loop opens the main connection: a caller never waits for an open that a
+    hung libvirtd would never complete."""
+    opened = []
+    gateway = LibvirtGateway("test:///default", on_connect=opened.append)
+    with pytest.raises(OperationError) as refused:
+        gateway.connection()
+    assert refused.value.code is ErrorCode.unavailable and refused.value.retryable
+    assert "test:///default" in refused.value.message
+    assert opened == [] and not gateway.connected
+    gateway.start()
+    assert gateway.wait_connected(10) and len(opened) == 1
+    gateway.close()

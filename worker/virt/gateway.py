@@ -64,6 +64,7 @@ def event_loop_thread() -> threading.Thread | None:
 
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 30.0
+CLOSE_PATIENCE = 5.0  # seconds close() waits for libvirtd to acknowledge
 
 
 @dataclass(eq=False)
@@ -177,16 +178,14 @@ class LibvirtGateway:
         return session
 
     def _main(self) -> libvirt.virConnect:
-        """The main connection, opening it when there is none."""
+        """The main connection; unavailable while there is none (the reconnect loop opens it: a
+        caller never waits for an open, which a libvirtd that stopped answering never completes)."""
         conn = self._conn
         if conn is not None:
             return conn
-        with self._lock:
-            if self._closed:
-                raise OperationError(ErrorCode.unavailable, "the worker is shutting down", retryable=False)
-            if self._conn is None:
-                self._conn = self._open()
-            return self._conn
+        if self._closed:
+            raise OperationError(ErrorCode.unavailable, "the worker is shutting down", retryable=False)
+        raise OperationError(ErrorCode.unavailable, f"not connected to libvirt at {self.uri}", retryable=True)
 
     def is_alive(self) -> bool:
         """Whether the calling thread's connection (or, before it has one, the main one) is alive."""
@@ -206,27 +205,35 @@ class LibvirtGateway:
             if conn is not None and not _alive(conn):
                 self._drop(conn, reason)
 
-    def close(self) -> None:
+    def close(self, patience: float = CLOSE_PATIENCE) -> None:
+        """Close every connection. Closing asks libvirtd, which may not answer (a hung daemon): after
+        `patience` seconds the rest is left to the process's exit."""
         with self._lock:
             self._closed = True
             self._connected.clear()
             self._wake.set()
             conn, self._conn = self._conn, None
             sessions, self._sessions = list(self._sessions), weakref.WeakSet()
-        for session in sessions:
-            try:
-                session.conn.close()
-            except libvirt.libvirtError:
-                pass
-        if conn is not None:
-            try:
-                conn.unregisterCloseCallback()
-            except libvirt.libvirtError:
-                pass
-            try:
-                conn.close()
-            except libvirt.libvirtError:
-                pass
+        conns = [session.conn for session in sessions] + ([] if conn is None else [conn])
+
+        def close_all() -> None:
+            if conn is not None:
+                try:
+                    conn.unregisterCloseCallback()
+                except libvirt.libvirtError:
+                    pass
+            for each in conns:
+                try:
+                    each.close()
+                except libvirt.libvirtError:
+                    pass
+
+        closer = threading.Thread(target=close_all, name="libvirt-close", daemon=True)
+        closer.start()
+        closer.join(patience)
+        if closer.is_alive():
+            log.warning("libvirt did not answer while its connections were closed; leaving them",
+                        extra={"uri": self.uri, "waited_s": patience})
 
     def _connect(self) -> libvirt.virConnect:
         """A new connection with keepalive (a libvirtd that stops answering is noticed)."""
@@ -243,14 +250,23 @@ class LibvirtGateway:
             log.debug("keepalive not supported by %s", self.uri)
         return conn
 
-    def _open(self) -> libvirt.virConnect:
+    def _open(self) -> None:
+        """Open the main connection (outside the lock: libvirt may take its time, or forever) and
+        make it the one threads' connections follow."""
         conn = self._connect()
         conn.registerCloseCallback(self._closed_by_libvirt, None)
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._conn = conn
+                self._reconnecting = False  # with the install: a loss from now on starts a new loop
+        if closed:
+            conn.close()
+            return
         log.info("connected to libvirt", extra={"uri": self.uri})
         if self._on_connect is not None:
             self._on_connect(conn)
         self._connected.set()
-        return conn
 
     def _closed_by_libvirt(self, conn: libvirt.virConnect, reason: int, _opaque: object) -> None:
         # Runs on the libvirt event thread while libvirt holds the connection's close-callback lock:
@@ -295,21 +311,17 @@ class LibvirtGateway:
         threading.Thread(target=self._reconnect_loop, name="libvirt-reconnect", daemon=True).start()
 
     def _reconnect_loop(self) -> None:
+        """Open the main connection, retrying with backoff, until it is open or the gateway closes."""
         delay = RECONNECT_MIN
-        try:
-            while not self._closed:
-                try:
-                    self._main()
-                    return
-                except OperationError as error:
-                    log.info("libvirt not reachable yet", extra={"uri": self.uri, "error": error.message,
-                                                                 "retry_in_s": delay})
-                if self._wake.wait(delay):
-                    return
-                delay = min(delay * 2, RECONNECT_MAX)
-        finally:
-            with self._lock:
-                self._reconnecting = False
+        while not self._wake.is_set():
+            try:
+                self._open()
+                return
+            except (OperationError, libvirt.libvirtError) as error:
+                message = error.message if isinstance(error, OperationError) else str(error)
+                log.info("libvirt not reachable yet", extra={"uri": self.uri, "error": message, "retry_in_s": delay})
+            self._wake.wait(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
 
 
 def _alive(conn: libvirt.virConnect | None) -> bool:
