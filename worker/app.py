@@ -58,7 +58,8 @@ class Worker:
         self.inventory = Inventory()
         self.attribution = Attribution()
         self.gateway = LibvirtGateway(settings.libvirt_uri, on_connect=self._on_libvirt_connect,
-                                      on_disconnect=self._on_libvirt_disconnect)
+                                      on_disconnect=self._on_libvirt_disconnect,
+                                      spares=settings.concurrency + 1)  # executors and the monitor
         self.monitor = Monitor(settings, self.gateway, self.events, self.inventory, self.attribution,
                                busy_volumes=self.scheduler.held_volumes, metrics=self.metrics)
         runner = Runner(settings, self.gateway, self.events, inventory=self.inventory,

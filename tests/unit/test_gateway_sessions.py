@@ -88,3 +88,16 @@ def test_without_a_main_connection_a_caller_is_told_unavailable_and_opens_nothin
     gateway.start()
     assert gateway.wait_connected(10) and len(opened) == 1
     gateway.close()
+
+
+def test_threads_take_the_spare_connections_opened_with_the_main_one():
+    gateway = LibvirtGateway("test:///default", spares=2)
+    gateway.start()
+    assert gateway.wait_connected(10)
+    spares = list(gateway._spares)
+    assert len(spares) == 2
+    taken = {id(gateway.connection()), id(in_thread(gateway.connection))}
+    assert taken == {id(conn) for conn in spares}, "no thread had to open a connection"
+    assert gateway._spares == []
+    assert in_thread(gateway.connection) not in spares, "once they are gone, a thread opens its own"
+    gateway.close()

@@ -84,8 +84,12 @@ class LibvirtGateway:
     no command asks."""
 
     def __init__(self, uri: str, *, on_connect: Callable[[libvirt.virConnect], None] | None = None,
-                 on_disconnect: Callable[[str], None] | None = None):
+                 on_disconnect: Callable[[str], None] | None = None, spares: int = 0):
+        """`spares`: connections opened with each main connection for threads to take as their own
+        (one per thread that will call libvirt), so that no such thread has to open one later."""
         self.uri = uri
+        self._spare_count = spares
+        self._spares: list[libvirt.virConnect] = []
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._lock = threading.Lock()
@@ -167,8 +171,10 @@ class LibvirtGateway:
         session: _Session | None = getattr(self._local, "session", None)
         if session is not None and session.epoch == self._epoch:
             return session
-        epoch = self._epoch
-        session = _Session(self._connect(), epoch)
+        with self._lock:
+            epoch = self._epoch
+            spare = self._spares.pop() if self._spares else None
+        session = _Session(spare or self._connect(), epoch)
         with self._lock:
             if self._closed:
                 session.conn.close()
@@ -214,22 +220,8 @@ class LibvirtGateway:
             self._wake.set()
             conn, self._conn = self._conn, None
             sessions, self._sessions = list(self._sessions), weakref.WeakSet()
-        conns = [session.conn for session in sessions] + ([] if conn is None else [conn])
-
-        def close_all() -> None:
-            if conn is not None:
-                try:
-                    conn.unregisterCloseCallback()
-                except libvirt.libvirtError:
-                    pass
-            for each in conns:
-                try:
-                    each.close()
-                except libvirt.libvirtError:
-                    pass
-
-        closer = threading.Thread(target=close_all, name="libvirt-close", daemon=True)
-        closer.start()
+            spares, self._spares = self._spares, []
+        closer = _close_in_background([session.conn for session in sessions] + spares, main=conn)
         closer.join(patience)
         if closer.is_alive():
             log.warning("libvirt did not answer while its connections were closed; leaving them",
@@ -251,17 +243,25 @@ class LibvirtGateway:
         return conn
 
     def _open(self) -> None:
-        """Open the main connection (outside the lock: libvirt may take its time, or forever) and
-        make it the one threads' connections follow."""
-        conn = self._connect()
-        conn.registerCloseCallback(self._closed_by_libvirt, None)
+        """Open the main connection and the spares (outside the lock: libvirt may take its time, or
+        forever) and make it the one threads' connections follow."""
+        opened: list[libvirt.virConnect] = []
+        try:
+            conn = self._connect()
+            opened.append(conn)
+            conn.registerCloseCallback(self._closed_by_libvirt, None)
+            for _ in range(self._spare_count):
+                opened.append(self._connect())
+        except BaseException:
+            _close_in_background(opened)
+            raise
         with self._lock:
             closed = self._closed
             if not closed:
-                self._conn = conn
+                self._conn, self._spares = conn, opened[1:]
                 self._reconnecting = False  # with the install: a loss from now on starts a new loop
         if closed:
-            conn.close()
+            _close_in_background(opened)
             return
         log.info("connected to libvirt", extra={"uri": self.uri})
         if self._on_connect is not None:
@@ -289,6 +289,8 @@ class LibvirtGateway:
         self._conn = None
         self._epoch += 1
         self._sessions = weakref.WeakSet()
+        spares, self._spares = self._spares, []
+        _close_in_background(spares)
         self._pool_types.clear()
         self._connected.clear()
         log.warning("lost the connection to libvirt", extra={"uri": self.uri, "reason": reason})
@@ -322,6 +324,27 @@ class LibvirtGateway:
                 log.info("libvirt not reachable yet", extra={"uri": self.uri, "error": message, "retry_in_s": delay})
             self._wake.wait(delay)
             delay = min(delay * 2, RECONNECT_MAX)
+
+
+def _close_in_background(conns: list[libvirt.virConnect], main: libvirt.virConnect | None = None) -> threading.Thread:
+    """Close connections on a thread of its own (returned): closing asks libvirtd, which may not
+    answer. `main` loses its close callback first."""
+
+    def close_all() -> None:
+        if main is not None:
+            try:
+                main.unregisterCloseCallback()
+            except libvirt.libvirtError:
+                pass
+        for conn in [*conns, *([] if main is None else [main])]:
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass
+
+    closer = threading.Thread(target=close_all, name="libvirt-close", daemon=True)
+    closer.start()
+    return closer
 
 
 def _alive(conn: libvirt.virConnect | None) -> bool:
