@@ -253,7 +253,7 @@ class LibvirtGateway:
             for _ in range(self._spare_count):
                 opened.append(self._connect())
         except BaseException:
-            _close_in_background(opened)
+            _close_in_background(opened[1:], main=opened[0] if opened else None)
             raise
         with self._lock:
             closed = self._closed
@@ -261,7 +261,7 @@ class LibvirtGateway:
                 self._conn, self._spares = conn, opened[1:]
                 self._reconnecting = False  # with the install: a loss from now on starts a new loop
         if closed:
-            _close_in_background(opened)
+            _close_in_background(opened[1:], main=conn)
             return
         log.info("connected to libvirt", extra={"uri": self.uri})
         if self._on_connect is not None:
