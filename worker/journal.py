@@ -105,7 +105,10 @@ _FINISH = ("INSERT INTO commands (id, fingerprint, op, state, result, received_a
            "ON CONFLICT(id) DO UPDATE SET state = 'finished', result = excluded.result, body = NULL, "
            "updated_at = excluded.updated_at")
 
-FINISHED_LATER_AT = 512  # deferred read results that make the next caller write them at once
+# Deferred read results that make the next caller write them at once: this many, or this many
+# bytes of results (a volume.list of a large pool is megabytes).
+FINISHED_LATER_AT = 512
+FINISHED_LATER_BYTES = 4 * 2**20
 
 
 def _finish_parameters(command_id: str, fingerprint: str, result: Result, body: str | None) -> tuple:
@@ -150,6 +153,7 @@ class Journal:
         self._confirmed: set[str] = set()
         self._unparked: set[int] = set()
         self._finished_later: dict[str, tuple[tuple, Entry]] = {}
+        self._finished_later_bytes = 0
         self._deferred_lock = threading.Lock()
 
     def close(self) -> None:
@@ -222,15 +226,18 @@ class Journal:
 
     def finish_later(self, command_id: str, fingerprint: str, result: Result, body: str | None = None) -> None:
         """Store the result of a read with the journal's next write (at the latest the next heartbeat,
-        or once FINISHED_LATER_AT results wait): until then it is read from memory. A read has no side
+        or once FINISHED_LATER_AT results or FINISHED_LATER_BYTES wait): until then it is read from memory. A read has no side
         effect, so a process killed before the write loses nothing a new run cannot give: the broker
         redelivers the read (its result was not confirmed yet, or the ack was lost with the process)
         and it runs again. What it saves is a transaction per read."""
         entry = Entry(id=command_id, fingerprint=fingerprint, op=result.op, state=State.finished, result=result,
                       published=False)
+        parameters = _finish_parameters(command_id, fingerprint, result, body)
         with self._deferred_lock:
-            self._finished_later[command_id] = (_finish_parameters(command_id, fingerprint, result, body), entry)
-            full = len(self._finished_later) >= FINISHED_LATER_AT
+            self._finished_later[command_id] = (parameters, entry)
+            self._finished_later_bytes += len(parameters[3])
+            full = (len(self._finished_later) >= FINISHED_LATER_AT
+                    or self._finished_later_bytes >= FINISHED_LATER_BYTES)
         if full:
             self._with_deferred()
 
@@ -255,6 +262,7 @@ class Journal:
                 self._confirmed |= confirmed
                 self._unparked |= unparked
                 self._finished_later = {**finished_later, **self._finished_later}
+                self._finished_later_bytes += sum(len(parameters[3]) for parameters, _ in finished_later.values())
             raise
 
     def mark_published(self, command_id: str) -> None:
@@ -268,6 +276,7 @@ class Journal:
         with self._deferred_lock:
             taken = self._confirmed, self._unparked, self._finished_later
             self._confirmed, self._unparked, self._finished_later = set(), set(), {}
+            self._finished_later_bytes = 0
         return taken
 
     def _write_deferred(self, confirmed: set[str], unparked: set[int],

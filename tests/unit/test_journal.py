@@ -211,6 +211,18 @@ def test_read_results_stored_later_are_written_at_once_when_enough_wait(tmp_path
     assert [Journal(path).get(i).state for i in "abc"] == [State.finished] * 3
 
 
+def test_read_results_stored_later_are_written_at_once_when_their_bytes_add_up(tmp_path, monkeypatch):
+    monkeypatch.setattr("worker.journal.FINISHED_LATER_BYTES", 1000)
+    path = tmp_path / "journal.db"
+    journal = Journal(path)
+    journal.finish_later("small", "f", result("small", op="volume.info"))
+    assert Journal(path).get("small") is None
+    journal.finish_later("big", "f", result("big", op="volume.list"), body="x" * 1000)
+    assert Journal(path).get("small").state is State.finished, "written together with the big one"
+    journal.finish_later("next", "f", result("next", op="volume.info"))
+    assert Journal(path).get("next") is None, "the count of bytes starts again"
+
+
 def test_a_read_taken_into_custody_and_stored_later_keeps_its_row_and_finishes_it(tmp_path):
     journal = Journal(tmp_path / "journal.db")
     journal.receive("r", "f", "volume.info", body=b"{}", reply_to="q")
