@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import threading
 from typing import Any
 
@@ -95,6 +96,8 @@ class Worker:
             problems.append("the broker blocks publishing (a memory or disk alarm)")
         if not self.gateway.connected:
             problems.append(f"libvirt at {self.settings.libvirt_uri} is not connected")
+        if self.journal.unwritable is not None:
+            problems.append(self.journal.unwritable)
         return problems
 
     def _on_libvirt_connect(self, conn: Any) -> None:
@@ -142,6 +145,7 @@ class Worker:
                 return
             self._stopping = True
         grace = self.settings.shutdown_grace if grace is None else grace
+        self.journal.stop_waiting()  # a journal that cannot be written holds up nothing from now on
         self.link.stop_consuming()
         requeued = self.service.requeue_unstarted()
         finished = self.scheduler.wait_idle(grace)
@@ -149,7 +153,10 @@ class Worker:
             log.warning("operations still running after the grace period", extra={"grace_s": grace})
         self._worker_event(EventType.worker_offline, "stopped" if finished else "grace period exceeded")
         self.service.stop_intake()
-        self.service.retire()
+        try:
+            self.service.retire()
+        except sqlite3.OperationalError as error:
+            log.error("the clean stop could not be recorded in the journal", extra={"error": str(error)})
         self.monitor.stop()
         self.link.close(timeout=10)
         if self.health is not None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -22,6 +24,8 @@ from messages.topology import Topology
 from worker.amqp.link import AmqpLink, Outgoing
 from worker.journal import Journal
 from worker.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
@@ -96,10 +100,14 @@ class EventPublisher:
                                          type=event_type.value, app_id="storage-worker")
             seq = None
             if self._journal is not None:
-                seq = self._journal.park(self._topology.events_exchange, event.routing_key(), body,
-                                         json.dumps({"id": event.id, "type": event_type.value}))
+                try:
+                    seq = self._journal.park(self._topology.events_exchange, event.routing_key(), body,
+                                             json.dumps({"id": event.id, "type": event_type.value}))
+                except sqlite3.OperationalError:  # unwritable at shutdown: published without its copy
+                    log.warning("event published without its outbox copy: the journal cannot be written",
+                                extra={"event_type": event_type.value})
                 self._emitted += 1
-                if self._emitted % TRIM_EVERY == 0:
+                if seq is not None and self._emitted % TRIM_EVERY == 0:
                     self._journal.trim_parked(self._buffer)
             self._link.publish(Outgoing(self._topology.events_exchange, event.routing_key(), body, properties,
                                         self._on_confirmed(seq, observed_at), droppable=True))

@@ -1,5 +1,5 @@
 """The HTTP endpoint on METRICS_PORT: /metrics (Prometheus), /healthz (the process and its threads
-are alive), /readyz (the broker channels are open and libvirt answers)."""
+are alive), /readyz (the broker channels are open, libvirt answers, the journal can be written)."""
 
 from __future__ import annotations
 

@@ -14,16 +14,20 @@ only a power loss may drop the last transactions.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
 from messages.results import Result
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commands (
@@ -122,6 +126,14 @@ def _entry(row: tuple) -> Entry:
                  reply_to=row[6], correlation_id=row[7], owner=row[8], body=row[9], resumes=row[10])
 
 
+# SQLite's primary result codes for a journal that cannot be written now, for reasons outside the
+# worker: full disk, read-only file system, I/O errors, a lock held past the busy timeout.
+_UNWRITABLE = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_BUSY,
+               sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_CANTOPEN}
+UNWRITABLE_RETRY_MIN = 0.5
+UNWRITABLE_RETRY_MAX = 10.0
+
+
 def new_owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
 
@@ -134,6 +146,8 @@ class Journal:
         self._path = str(path)
         self._db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None, timeout=30)
         self._lock = threading.Lock()
+        self._unwritable: str | None = None
+        self._stop_waiting = threading.Event()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -156,9 +170,23 @@ class Journal:
         self._finished_later_bytes = 0
         self._deferred_lock = threading.Lock()
 
+    @property
+    def unwritable(self) -> str | None:
+        """Why the journal cannot be written now, or None."""
+        return self._unwritable
+
+    def stop_waiting(self) -> None:
+        """From now on a write the journal cannot make fails at once instead of waiting (shutdown)."""
+        self._stop_waiting.set()
+
     def close(self) -> None:
+        self._stop_waiting.set()
         with self._lock:
-            self._commit_deferred()
+            try:
+                self._commit_deferred()
+            except sqlite3.OperationalError as error:
+                log.error("the journal's last writes are lost: it cannot be written",
+                          extra={"path": self._path, "error": str(error)})
             self._db.close()
             if self._checkpointer is not None:
                 self._checkpointer.close()
@@ -176,8 +204,35 @@ class Journal:
         self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _run(self, sql: str, parameters: tuple = ()) -> sqlite3.Cursor:
-        with self._lock:
-            return self._db.execute(sql, parameters)
+        return self._writing(lambda: self._db.execute(sql, parameters))
+
+    def _writing(self, write: Callable[[], object]):
+        """`write()` under the lock. While the journal cannot be written (full disk, read-only file
+        system, I/O error) wait and try again rather than fail: a command whose record cannot be
+        kept must neither run nor go back to the broker (every return spends one of its
+        deliveries), and a result must not go out unrecorded. `unwritable` says why meanwhile (the
+        worker is not ready); `stop_waiting` ends the wait."""
+        delay = UNWRITABLE_RETRY_MIN
+        while True:
+            with self._lock:
+                try:
+                    done = write()
+                except sqlite3.OperationalError as error:
+                    if error.sqlite_errorcode & 0xFF not in _UNWRITABLE or self._stop_waiting.is_set():
+                        raise
+                    failure = error
+                else:
+                    if self._unwritable is not None:
+                        log.warning("the journal can be written again", extra={"path": self._path})
+                        self._unwritable = None
+                    return done
+            if self._unwritable is None:
+                log.error("the journal cannot be written; commands wait until it can",
+                          extra={"path": self._path, "error": str(failure)})
+            self._unwritable = f"the journal {self._path} cannot be written: {failure}"
+            if self._stop_waiting.wait(delay):
+                raise failure
+            delay = min(delay * 2, UNWRITABLE_RETRY_MAX)
 
     # ---- commands ------------------------------------------------------------------------------
 
@@ -243,8 +298,7 @@ class Journal:
 
     def _with_deferred(self, sql: str | None = None, parameters: tuple = ()) -> sqlite3.Cursor | None:
         """The deferred writes, and one statement if given, in one transaction."""
-        with self._lock:
-            return self._commit_deferred(sql, parameters)
+        return self._writing(lambda: self._commit_deferred(sql, parameters))
 
     def _commit_deferred(self, sql: str | None = None, parameters: tuple = ()) -> sqlite3.Cursor | None:
         """Under the lock: `_with_deferred`. On failure the deferred writes wait for the next one."""
@@ -256,7 +310,8 @@ class Journal:
             self._db.execute("COMMIT")
             return cursor
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # SQLite rolled back already after some errors (a full disk)
+                self._db.execute("ROLLBACK")
             confirmed, unparked, finished_later = deferred
             with self._deferred_lock:
                 self._confirmed |= confirmed

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from tests.integration.conftest import ok, wait_for
+from tests.integration.conftest import call_async, ok, queue_depth, wait_for
 from tests.integration.test_libvirt_reconnect import start_libvirtd, stop_libvirtd
 
 pytestmark = pytest.mark.integration
@@ -81,3 +83,51 @@ def test_health_and_readiness(make_worker):
         start_libvirtd()
     wait_for(lambda: get(port, "/readyz")[0] == 200, 60, "ready again")
     assert ok(harness.client().call("host.info", {}))["host_id"] == harness.host
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs to hold a worker's state dir, and a way to fill it up."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    filler = mount / "filler"
+
+    def fill() -> None:
+        with open(filler, "wb") as handle:
+            try:
+                while True:
+                    handle.write(b"\0" * 65536)
+                    handle.flush()
+            except OSError:
+                pass
+
+    yield mount, fill, lambda: filler.unlink()
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_journal_disk_holds_commands_and_they_run_once_it_has_room(small_disk, make_worker, libvirt_conn):
+    """A command whose record the journal cannot write neither runs nor goes back to the queue
+    (that would spend its deliveries, then dead-letter it): it waits — and the commands behind it
+    with it — the worker says why on /readyz, and it runs once there is room again."""
+    mount, fill, free = small_disk
+    port = free_port()
+    harness = make_worker(state_dir=mount / "state", metrics_port=port)
+    client = harness.client()
+    pool = harness.name("pool")
+    ok(client.call("pool.define", {"name": pool, "type": "dir", "target": {"path": str(harness.root / pool)},
+                                   "build": True, "start": True}))
+    ok(client.call("volume.create", {"pool": pool, "name": "before.raw", "capacity": 2**20}))
+    fill()
+    thread, out = call_async(harness.client, "volume.create", {"pool": pool, "name": "held.raw", "capacity": 2**20})
+    status, body = wait_for(lambda: (r := get(port, "/readyz"))[0] == 503 and r, 15, "not ready: the journal")
+    assert "journal" in body and "cannot be written" in body, body
+    time.sleep(2)
+    assert not out, "no result while the journal cannot be written"
+    assert "held.raw" not in libvirt_conn.storagePoolLookupByName(pool).listVolumes(), "and it did not run"
+    free()
+    thread.join(60)
+    assert out and ok(out[0])["changed"] is True and not out[0].duplicate
+    wait_for(lambda: get(port, "/readyz")[0] == 200, 30, "ready again")
+    wait_for(lambda: queue_depth(harness.settings.topology.command_queue) == 0, 15, "the queue to be empty")
+    assert queue_depth(harness.settings.topology.dead_letter_queue) == 0, "nothing was dead-lettered"

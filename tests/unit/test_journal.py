@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -243,3 +244,51 @@ def test_deferred_writes_survive_a_failed_transaction_and_go_with_the_next(tmp_p
     assert journal.get("r").published and Journal(path).get("r") is None
     journal.heartbeat("owner")
     assert Journal(path).get("r").published
+
+
+def full_journal(tmp_path, monkeypatch) -> Journal:
+    """A journal that has no room left (SQLite's page limit set to its size: SQLITE_FULL)."""
+    monkeypatch.setattr("worker.journal.UNWRITABLE_RETRY_MIN", 0.02)
+    journal = Journal(tmp_path / "journal.db")
+    with journal._lock:
+        pages = journal._db.execute("PRAGMA page_count").fetchone()[0]
+        journal._db.execute(f"PRAGMA max_page_count = {pages}")
+    return journal
+
+
+def make_room(journal: Journal) -> None:
+    with journal._lock:
+        journal._db.execute("PRAGMA max_page_count = 1000000")
+
+
+def test_a_write_waits_while_the_journal_is_full_and_goes_through_once_it_has_room(tmp_path, monkeypatch):
+    journal = full_journal(tmp_path, monkeypatch)
+    written = threading.Event()
+    writer = threading.Thread(target=lambda: (journal.receive("a", "f", "volume.create", body=b"x" * 20000),
+                                              written.set()))
+    writer.start()
+    time.sleep(0.3)
+    assert not written.is_set(), "waiting, not failing"
+    assert "cannot be written" in journal.unwritable and "full" in journal.unwritable
+    make_room(journal)
+    assert written.wait(5)
+    assert journal.unwritable is None and journal.known("a")
+
+
+def test_stop_waiting_ends_a_wait_for_room_with_the_error(tmp_path, monkeypatch):
+    journal = full_journal(tmp_path, monkeypatch)
+    failures = []
+
+    def write() -> None:
+        try:
+            journal.receive("a", "f", "volume.create", body=b"x" * 20000)
+        except sqlite3.OperationalError as error:
+            failures.append(error)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    time.sleep(0.2)
+    journal.stop_waiting()
+    writer.join(5)
+    assert len(failures) == 1 and "full" in str(failures[0])
+    assert not journal.known("a")
