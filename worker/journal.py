@@ -14,6 +14,7 @@ only a power loss may drop the last transactions.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -113,6 +114,18 @@ _FINISH = ("INSERT INTO commands (id, fingerprint, op, state, result, received_a
 # bytes of results (a volume.list of a large pool is megabytes).
 FINISHED_LATER_AT = 512
 FINISHED_LATER_BYTES = 4 * 2**20
+
+# The deferred writes, each as one statement over a JSON array of rows. One statement, not one per
+# row (executemany): Python gives up the GIL for every statement SQLite steps, and with a dozen busy
+# threads taking it back can take milliseconds each time — all while the journal's lock is held.
+_FINISH_ALL = ("INSERT INTO commands (id, fingerprint, op, state, result, received_at, updated_at) "
+               "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), "
+               "'finished', json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]') "
+               "FROM json_each(?) WHERE true "
+               "ON CONFLICT(id) DO UPDATE SET state = 'finished', result = excluded.result, body = NULL, "
+               "updated_at = excluded.updated_at")
+_PUBLISHED_ALL = "UPDATE commands SET published = 1 WHERE id IN (SELECT value FROM json_each(?))"
+_UNPARK_ALL = "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?))"
 
 
 def _finish_parameters(command_id: str, fingerprint: str, result: Result, body: str | None) -> tuple:
@@ -280,11 +293,12 @@ class Journal:
         self._with_deferred(_FINISH, _finish_parameters(command_id, fingerprint, result, body))
 
     def finish_later(self, command_id: str, fingerprint: str, result: Result, body: str | None = None) -> None:
-        """Store the result of a read with the journal's next write (at the latest the next heartbeat,
-        or once FINISHED_LATER_AT results or FINISHED_LATER_BYTES wait): until then it is read from memory. A read has no side
-        effect, so a process killed before the write loses nothing a new run cannot give: the broker
-        redelivers the read (its result was not confirmed yet, or the ack was lost with the process)
-        and it runs again. What it saves is a transaction per read."""
+        """Store the result of a read with the next heartbeat (or at once when FINISHED_LATER_AT
+        results or FINISHED_LATER_BYTES wait): until then it is read from memory. A read has no
+        side effect, so a process killed before the write loses nothing a new run cannot give: the
+        broker redelivers the read (its result was not confirmed yet, or the ack was lost with the
+        process) and it runs again. What it saves is a transaction per read. Other writes (results
+        of other commands, events) do not carry these: an event would wait for hundreds of rows."""
         entry = Entry(id=command_id, fingerprint=fingerprint, op=result.op, state=State.finished, result=result,
                       published=False)
         parameters = _finish_parameters(command_id, fingerprint, result, body)
@@ -294,16 +308,19 @@ class Journal:
             full = (len(self._finished_later) >= FINISHED_LATER_AT
                     or self._finished_later_bytes >= FINISHED_LATER_BYTES)
         if full:
-            self._with_deferred()
+            self._with_deferred(results=True)
 
-    def _with_deferred(self, sql: str | None = None, parameters: tuple = ()) -> sqlite3.Cursor | None:
-        """The deferred writes, and one statement if given, in one transaction."""
-        return self._writing(lambda: self._commit_deferred(sql, parameters))
+    def _with_deferred(self, sql: str | None = None, parameters: tuple = (), *,
+                       results: bool = False) -> sqlite3.Cursor | None:
+        """The deferred writes (with the results of reads, if `results`), and one statement if
+        given, in one transaction."""
+        return self._writing(lambda: self._commit_deferred(sql, parameters, results=results))
 
-    def _commit_deferred(self, sql: str | None = None, parameters: tuple = ()) -> sqlite3.Cursor | None:
+    def _commit_deferred(self, sql: str | None = None, parameters: tuple = (), *,
+                         results: bool = True) -> sqlite3.Cursor | None:
         """Under the lock: `_with_deferred`. On failure the deferred writes wait for the next one."""
         self._db.execute("BEGIN")
-        deferred = self._take_deferred()
+        deferred = self._take_deferred(results)
         try:
             self._write_deferred(*deferred)
             cursor = None if sql is None else self._db.execute(sql, parameters)
@@ -327,23 +344,30 @@ class Journal:
         with self._deferred_lock:
             self._confirmed.add(command_id)
 
-    def _take_deferred(self) -> tuple[set[str], set[int], dict[str, tuple[tuple, Entry]]]:
+    def _take_deferred(self, results: bool) -> tuple[set[str], set[int], dict[str, tuple[tuple, Entry]]]:
+        """What to write now. Without the results of reads, their confirmed flags stay behind too:
+        the rows they would set are not written yet."""
         with self._deferred_lock:
-            taken = self._confirmed, self._unparked, self._finished_later
-            self._confirmed, self._unparked, self._finished_later = set(), set(), {}
-            self._finished_later_bytes = 0
-        return taken
+            if results:
+                taken = self._confirmed, self._unparked, self._finished_later
+                self._confirmed, self._unparked, self._finished_later = set(), set(), {}
+                self._finished_later_bytes = 0
+                return taken
+            confirmed = {i for i in self._confirmed if i not in self._finished_later}
+            self._confirmed -= confirmed
+            unparked, self._unparked = self._unparked, set()
+        return confirmed, unparked, {}
 
     def _write_deferred(self, confirmed: set[str], unparked: set[int],
                         finished_later: dict[str, tuple[tuple, Entry]]) -> None:
         """Under the lock: store deferred results, then set the flags of confirmed results (some
         may be of those results), delete confirmed events."""
         if finished_later:
-            self._db.executemany(_FINISH, [parameters for parameters, _ in finished_later.values()])
+            self._db.execute(_FINISH_ALL, (json.dumps([parameters for parameters, _ in finished_later.values()]),))
         if confirmed:
-            self._db.executemany("UPDATE commands SET published = 1 WHERE id = ?", [(i,) for i in confirmed])
+            self._db.execute(_PUBLISHED_ALL, (json.dumps(list(confirmed)),))
         if unparked:
-            self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in unparked])
+            self._db.execute(_UNPARK_ALL, (json.dumps(list(unparked)),))
 
     def orphans(self, me: str, stale_after: float) -> list[Entry]:
         """What the journal holds for an owner that is gone (its heartbeat is older than
@@ -372,9 +396,10 @@ class Journal:
         return cursor.rowcount == 1
 
     def heartbeat(self, owner: str) -> None:
+        """This owner is alive; the results of reads waiting in memory are written with it."""
         self._with_deferred("INSERT INTO owners (owner, hostname, pid, heartbeat) VALUES (?, ?, ?, ?) "
                             "ON CONFLICT(owner) DO UPDATE SET heartbeat = excluded.heartbeat",
-                            (owner, socket.gethostname(), os.getpid(), time.time()))
+                            (owner, socket.gethostname(), os.getpid(), time.time()), results=True)
 
     def retire(self, owner: str) -> None:
         """A clean stop: the owner row goes (it owns nothing unfinished any more)."""

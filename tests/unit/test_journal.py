@@ -174,7 +174,7 @@ def test_the_count_is_read_on_its_own_connection_and_sees_every_commit(tmp_path)
     journal.close()
 
 
-def test_a_read_result_stored_later_is_read_from_memory_until_the_next_write(tmp_path):
+def test_a_read_result_stored_later_is_read_from_memory_until_the_next_heartbeat(tmp_path):
     path = tmp_path / "journal.db"
     journal = Journal(path)
     journal.finish_later("r", "f", result("r", op="volume.info"))
@@ -185,9 +185,13 @@ def test_a_read_result_stored_later_is_read_from_memory_until_the_next_write(tmp
     journal.mark_published("r")
     assert journal.get("r").published
     journal.finish("w", "f", result("w"))
+    journal.park("events", "h.pool.started", b"{}", "{}")
+    assert Journal(path).get("r") is None, "other writes do not carry it"
+    assert journal.get("r").published, "nor lose its confirmed flag"
+    journal.heartbeat("owner")
     stored = Journal(path).get("r")
     assert (stored.state, stored.result.op, stored.published) == (State.finished, "volume.info", True), \
-        "written with the next result, before its confirmed flag"
+        "written with the heartbeat, before its confirmed flag"
 
 
 def test_read_results_stored_later_are_written_by_the_heartbeat_and_on_close(tmp_path):
