@@ -112,7 +112,7 @@ _FINISH = ("INSERT INTO commands (id, fingerprint, op, state, result, received_a
 
 # Deferred read results that make the next caller write them at once: this many, or this many
 # bytes of results (a volume.list of a large pool is megabytes).
-FINISHED_LATER_AT = 512
+FINISHED_LATER_AT = 64
 FINISHED_LATER_BYTES = 4 * 2**20
 
 # The deferred writes, each as one statement over a JSON array of rows. One statement, not one per
@@ -179,7 +179,7 @@ class Journal:
         # `finish_later`), by command id.
         self._confirmed: set[str] = set()
         self._unparked: set[int] = set()
-        self._finished_later: dict[str, tuple[tuple, Entry]] = {}
+        self._finished_later: dict[str, tuple] = {}  # command id -> _FINISH parameters (the result as JSON)
         self._finished_later_bytes = 0
         self._deferred_lock = threading.Lock()
 
@@ -254,13 +254,15 @@ class Journal:
             with self._deferred_lock:
                 later = self._finished_later.get(command_id)
                 confirmed = command_id in self._confirmed
-            if later is not None:
-                entry = later[1]
-            else:
-                row = self._db.execute(f"SELECT {_COLUMNS} FROM commands WHERE id = ?", (command_id,)).fetchone()
-                if row is None:
-                    return None
-                entry = _entry(row)
+            row = None if later is not None else \
+                self._db.execute(f"SELECT {_COLUMNS} FROM commands WHERE id = ?", (command_id,)).fetchone()
+        if later is not None:
+            entry = Entry(id=later[0], fingerprint=later[1], op=later[2], state=State.finished,
+                          result=Result.model_validate_json(later[3]), published=False)
+        elif row is None:
+            return None
+        else:
+            entry = _entry(row)
         return replace(entry, published=True) if confirmed else entry
 
     def known(self, command_id: str) -> bool:
@@ -299,11 +301,9 @@ class Journal:
         broker redelivers the read (its result was not confirmed yet, or the ack was lost with the
         process) and it runs again. What it saves is a transaction per read. Other writes (results
         of other commands, events) do not carry these: an event would wait for hundreds of rows."""
-        entry = Entry(id=command_id, fingerprint=fingerprint, op=result.op, state=State.finished, result=result,
-                      published=False)
-        parameters = _finish_parameters(command_id, fingerprint, result, body)
+        parameters = _finish_parameters(command_id, fingerprint, result, body)  # kept as JSON: a list is big
         with self._deferred_lock:
-            self._finished_later[command_id] = (parameters, entry)
+            self._finished_later[command_id] = parameters
             self._finished_later_bytes += len(parameters[3])
             full = (len(self._finished_later) >= FINISHED_LATER_AT
                     or self._finished_later_bytes >= FINISHED_LATER_BYTES)
@@ -334,7 +334,7 @@ class Journal:
                 self._confirmed |= confirmed
                 self._unparked |= unparked
                 self._finished_later = {**finished_later, **self._finished_later}
-                self._finished_later_bytes += sum(len(parameters[3]) for parameters, _ in finished_later.values())
+                self._finished_later_bytes += sum(len(parameters[3]) for parameters in finished_later.values())
             raise
 
     def mark_published(self, command_id: str) -> None:
@@ -344,7 +344,7 @@ class Journal:
         with self._deferred_lock:
             self._confirmed.add(command_id)
 
-    def _take_deferred(self, results: bool) -> tuple[set[str], set[int], dict[str, tuple[tuple, Entry]]]:
+    def _take_deferred(self, results: bool) -> tuple[set[str], set[int], dict[str, tuple]]:
         """What to write now. Without the results of reads, their confirmed flags stay behind too:
         the rows they would set are not written yet."""
         with self._deferred_lock:
@@ -359,11 +359,11 @@ class Journal:
         return confirmed, unparked, {}
 
     def _write_deferred(self, confirmed: set[str], unparked: set[int],
-                        finished_later: dict[str, tuple[tuple, Entry]]) -> None:
+                        finished_later: dict[str, tuple]) -> None:
         """Under the lock: store deferred results, then set the flags of confirmed results (some
         may be of those results), delete confirmed events."""
         if finished_later:
-            self._db.execute(_FINISH_ALL, (json.dumps([parameters for parameters, _ in finished_later.values()]),))
+            self._db.execute(_FINISH_ALL, (json.dumps(list(finished_later.values())),))
         if confirmed:
             self._db.execute(_PUBLISHED_ALL, (json.dumps(list(confirmed)),))
         if unparked:
