@@ -300,7 +300,7 @@ class Journal:
         side effect, so a process killed before the write loses nothing a new run cannot give: the
         broker redelivers the read (its result was not confirmed yet, or the ack was lost with the
         process) and it runs again. What it saves is a transaction per read. Other writes (results
-        of other commands, events) do not carry these: an event would wait for hundreds of rows."""
+        of other commands, events) do not carry these: an event would wait for their rows."""
         parameters = _finish_parameters(command_id, fingerprint, result, body)  # kept as JSON: a list is big
         with self._deferred_lock:
             self._finished_later[command_id] = parameters
@@ -334,13 +334,13 @@ class Journal:
                 self._confirmed |= confirmed
                 self._unparked |= unparked
                 self._finished_later = {**finished_later, **self._finished_later}
-                self._finished_later_bytes += sum(len(parameters[3]) for parameters in finished_later.values())
+                self._finished_later_bytes += sum(len(row[3]) for row in finished_later.values())
             raise
 
     def mark_published(self, command_id: str) -> None:
         """The broker confirmed the command's result. The flag is written with the journal's next write
-        (at the latest the next heartbeat); a process killed before that publishes the result again
-        at restart (an identical copy, which consumers drop by id)."""
+        (at the latest the next heartbeat; for a read, with its result); a process killed before that
+        publishes the result again at restart (an identical copy, which consumers drop by id)."""
         with self._deferred_lock:
             self._confirmed.add(command_id)
 
