@@ -117,6 +117,14 @@ class Harness:
     def name(self, what: str = "") -> str:
         return f"{self.name_prefix}{what}{uuid.uuid4().hex[:6]}"
 
+    def running_pool(self, client: StorageClient) -> str:
+        """A dir pool under the test's allowed root, defined, built and started through the worker."""
+        name = self.name("pool")
+        result = client.call("pool.define", {"name": name, "type": "dir", "target": {"path": str(self.root / name)},
+                                             "build": True, "start": True})
+        assert result.status.value == "succeeded", result
+        return name
+
 
 @pytest.fixture
 def make_worker(broker_ok, libvirt_conn, tmp_path) -> Iterator[Callable[..., Harness]]:
@@ -163,11 +171,7 @@ def client(harness) -> StorageClient:
 @pytest.fixture
 def pool(harness, client) -> str:
     """A running dir pool under the test's allowed root."""
-    name = harness.name("pool")
-    result = client.call("pool.define", {"name": name, "type": "dir", "target": {"path": str(harness.root / name)},
-                                         "build": True, "start": True})
-    assert result.status.value == "succeeded", result
-    return name
+    return harness.running_pool(client)
 
 
 def ok(result: Result) -> dict[str, Any]:

@@ -200,9 +200,7 @@ def test_a_resent_read_is_answered_with_its_first_result_by_this_worker_and_the_
     at once, and from the journal by the worker that follows a clean stop."""
     first = make_worker()
     client = first.client()
-    pool = first.name("pool")
-    ok(client.call("pool.define", {"name": pool, "type": "dir", "target": {"path": str(first.root / pool)},
-                                   "build": True, "start": True}))
+    pool = first.running_pool(client)
     ok(client.call("volume.create", {"pool": pool, "name": "read.raw", "capacity": 4096}))
     command_id = str(uuid.uuid4())
     answer = client.call("volume.info", {"pool": pool, "name": "read.raw"}, command_id=command_id)

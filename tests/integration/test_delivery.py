@@ -50,9 +50,7 @@ def test_redelivery_after_the_channel_closed_before_the_ack_repeats_no_side_effe
 def test_heartbeats_survive_an_operation_longer_than_three_intervals(make_worker):
     harness = make_worker(amqp_heartbeat=2)
     client = harness.client()
-    pool = harness.name("pool")
-    ok(client.call("pool.define", {"name": pool, "type": "dir", "target": {"path": str(harness.root / pool)},
-                                   "build": True, "start": True}))
+    pool = harness.running_pool(client)
     allocated_volume(client, pool, "long.raw", 2 * GiB)
     pid = broker_connection_pid(f"storage-worker {harness.host}")
     # Four passes of scrub over 2 GiB: far longer than three 2 s heartbeat intervals on any disk.

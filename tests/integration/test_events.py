@@ -73,14 +73,6 @@ def watched(make_worker):
         stream.close()
 
 
-def running_pool(harness, client) -> str:
-    """A dir pool defined, built and started through the worker under test."""
-    pool = harness.name("pool")
-    ok(client.call("pool.define", {"name": pool, "type": "dir", "target": {"path": str(harness.root / pool)},
-                                   "build": True, "start": True}))
-    return pool
-
-
 def by_type(events: list[dict], kind: str, **data) -> list[dict]:
     return [e for e in events if e["type"] == kind and all(e["data"].get(k) == v for k, v in data.items())]
 
@@ -118,7 +110,7 @@ def test_pool_lifecycle_events_carry_the_pool_and_the_command(watched):
 def test_volume_events_from_commands_name_the_command(watched):
     harness, stream = watched()
     client = harness.client()
-    pool = running_pool(harness, client)
+    pool = harness.running_pool(client)
     ok(client.call("volume.create", {"pool": pool, "name": "v.raw", "capacity": MiB}, command_id="c-1"))
     ok(client.call("volume.resize", {"pool": pool, "name": "v.raw", "capacity": 2 * MiB}, command_id="r-1"))
     ok(client.call("volume.wipe", {"pool": pool, "name": "v.raw"}, command_id="w-1"))
@@ -138,7 +130,7 @@ def test_volume_events_from_commands_name_the_command(watched):
 def test_volumes_made_and_removed_with_virsh_are_reported(watched):
     harness, stream = watched()
     client = harness.client()
-    pool = running_pool(harness, client)
+    pool = harness.running_pool(client)
     time.sleep(1.5)  # let a re-listing see the empty pool
     made_at = time.monotonic()
     subprocess.run(["virsh", "-q", "vol-create-as", pool, "outside.raw", "1M"], check=True, capture_output=True)
@@ -202,7 +194,7 @@ def test_capacity_low_and_ok_with_hysteresis(watched, small_filesystem):
 def test_libvirtd_restart_is_reported_and_changes_made_meanwhile_are_published(watched):
     harness, stream = watched()
     client = harness.client()
-    pool = running_pool(harness, client)
+    pool = harness.running_pool(client)
     time.sleep(1.5)
     stop_libvirtd()
     try:
@@ -226,7 +218,7 @@ def test_libvirtd_restart_is_reported_and_changes_made_meanwhile_are_published(w
 def test_every_event_is_a_valid_cloudevent_and_sequences_have_no_gaps(watched):
     harness, stream = watched()
     client = harness.client()
-    pool = running_pool(harness, client)
+    pool = harness.running_pool(client)
     for index in range(5):
         ok(client.call("volume.create", {"pool": pool, "name": f"v{index}.raw", "capacity": MiB}))
     ok(client.call("pool.refresh", {"name": pool}))

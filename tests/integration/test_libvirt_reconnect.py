@@ -59,9 +59,7 @@ def freeze_libvirtd():
 def test_command_waits_for_libvirtd_to_come_back(make_worker, restartable_libvirtd):
     harness = make_worker()
     client = harness.client()
-    pool = harness.name("pool")
-    ok(client.call("pool.define", {"name": pool, "type": "dir", "target": {"path": str(harness.root / pool)},
-                                   "build": True, "start": True}))
+    pool = harness.running_pool(client)
     stop_libvirtd()
     restarter = threading.Thread(target=lambda: (time.sleep(2), start_libvirtd()))
     restarter.start()
@@ -96,9 +94,7 @@ def test_a_hung_libvirtd_fails_commands_as_unavailable_and_does_not_hold_up_a_st
     others take connections opened with the main one (libvirt's open has no timeout)."""
     harness = make_worker(concurrency=4, libvirt_wait=2, retry_max_seconds=5)
     client = harness.client()
-    pool = harness.name("pool")
-    ok(client.call("pool.define", {"name": pool, "type": "dir", "target": {"path": str(harness.root / pool)},
-                                   "build": True, "start": True}))
+    pool = harness.running_pool(client)
     ok(client.call("volume.create", {"pool": pool, "name": "v.raw", "capacity": 2**20}))
     freeze_libvirtd()
     began = time.monotonic()

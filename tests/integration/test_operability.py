@@ -46,9 +46,7 @@ def test_metrics_count_commands_retries_events_and_pools(make_worker):
     port = free_port()
     harness = make_worker(metrics_port=port)
     client = harness.client()
-    pool = harness.name("pool")
-    ok(client.call("pool.define", {"name": pool, "type": "dir", "target": {"path": str(harness.root / pool)},
-                                   "build": True, "start": True}))
+    pool = harness.running_pool(client)
     for index in range(3):
         ok(client.call("volume.create", {"pool": pool, "name": f"secret-name-{index}.raw", "capacity": 2**20}))
     client.call("volume.info", {"pool": pool, "name": "absent"})
@@ -114,9 +112,7 @@ def test_a_full_journal_disk_holds_commands_and_they_run_once_it_has_room(small_
     port = free_port()
     harness = make_worker(state_dir=mount / "state", metrics_port=port)
     client = harness.client()
-    pool = harness.name("pool")
-    ok(client.call("pool.define", {"name": pool, "type": "dir", "target": {"path": str(harness.root / pool)},
-                                   "build": True, "start": True}))
+    pool = harness.running_pool(client)
     ok(client.call("volume.create", {"pool": pool, "name": "before.raw", "capacity": 2**20}))
     fill()
     thread, out = call_async(harness.client, "volume.create", {"pool": pool, "name": "held.raw", "capacity": 2**20})

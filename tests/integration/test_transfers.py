@@ -138,9 +138,7 @@ def url_worker(make_worker, site):
     """A worker that may read URLs under <site>/ok/ (and nothing else), with a client and a pool."""
     harness = make_worker(url_allowlist=[f"{site.base}/ok/"])
     client = harness.client()
-    pool = harness.name("pool")
-    ok(client.call("pool.define", {"name": pool, "type": "dir", "target": {"path": str(harness.root / pool)},
-                                   "build": True, "start": True}))
+    pool = harness.running_pool(client)
     return harness, client, pool
 
 
