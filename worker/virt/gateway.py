@@ -2,8 +2,9 @@
 
 The *main* connection carries the pool lifecycle callbacks and the close callback that tells the
 worker libvirt is gone; while it is down, commands wait (`connected`). Every thread that makes calls
-(the executors, the monitor) gets a connection of its own, opened on first use after the main one
-is up and replaced after the main one is lost. A libvirt connection is thread-safe, but threads
+(the executors, the monitor) gets a connection of its own: one of the spares opened together with
+the main one (only the reconnect thread ever waits for libvirt to answer an open), or one opened on
+first use when none is left; all are replaced after the main one is lost. A libvirt connection is thread-safe, but threads
 sharing one queue behind each other in its client: measured with 8 threads reading one volume,
 70-90 us of CPU and 100-120 us per call on a shared connection, 30 us and 58 us with one each.
 
@@ -162,8 +163,8 @@ class LibvirtGateway:
         return self._connected.is_set()
 
     def connection(self) -> libvirt.virConnect:
-        """The calling thread's open connection, opening one when there is none; raises
-        OperationError(unavailable) when libvirt cannot be reached."""
+        """The calling thread's open connection, taking a spare or opening one when it has none;
+        raises OperationError(unavailable) while there is no main connection."""
         return self._session().conn
 
     def _session(self) -> _Session:
@@ -290,7 +291,8 @@ class LibvirtGateway:
         self._epoch += 1
         self._sessions = weakref.WeakSet()
         spares, self._spares = self._spares, []
-        _close_in_background(spares)
+        if spares:
+            _close_in_background(spares)
         self._pool_types.clear()
         self._connected.clear()
         log.warning("lost the connection to libvirt", extra={"uri": self.uri, "reason": reason})
