@@ -1,12 +1,13 @@
-"""The libvirt connections: opened lazily, kept alive, re-opened after they are lost.
+"""The libvirt connections: opened in the background, kept alive, re-opened after they are lost.
 
 The *main* connection carries the pool lifecycle callbacks and the close callback that tells the
-worker libvirt is gone; while it is down, commands wait (`connected`). Every thread that makes calls
-(the executors, the monitor) gets a connection of its own: one of the spares opened together with
-the main one (only the reconnect thread ever waits for libvirt to answer an open), or one opened on
-first use when none is left; all are replaced after the main one is lost. A libvirt connection is thread-safe, but threads
-sharing one queue behind each other in its client: measured with 8 threads reading one volume,
-70-90 us of CPU and 100-120 us per call on a shared connection, 30 us and 58 us with one each.
+worker libvirt is gone; while it is down, commands wait (`connected`). Every thread that makes
+calls (the executors, the monitor) gets a connection of its own: one of the spares opened together
+with the main one (only the reconnect thread ever waits for libvirt to answer an open), or one
+opened on first use when none is left; all are replaced after the main one is lost. A libvirt
+connection is thread-safe, but threads sharing one queue behind each other in its client:
+measured with 8 threads reading one volume, 70-90 us of CPU and 100-120 us per call on a shared
+connection, 30 us and 58 us with one each.
 
 The event loop that keepalive, the close callback and the pool callbacks need runs on its own thread,
 registered once per process before the first connection opens.
