@@ -81,7 +81,7 @@ class Worker:
     def dead_threads(self) -> list[str]:
         """/healthz: every thread the worker needs must be alive."""
         threads = [*self.link.threads, *self.service.threads, *self.scheduler.threads, *self.monitor.threads,
-                   event_loop_thread()]
+                   *self.gateway.threads, event_loop_thread()]
         return [f"thread {t.name if t else 'libvirt-events'} is not running" for t in threads
                 if t is None or not t.is_alive()]
 

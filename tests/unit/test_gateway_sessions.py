@@ -24,10 +24,20 @@ def gateway():
 
 
 def in_thread(fn):
+    """fn() on a new thread: its value, or the exception it raised."""
     out = []
-    thread = threading.Thread(target=lambda: out.append(fn()))
+
+    def run():
+        try:
+            out.append(fn())
+        except Exception as error:  # handed to the caller
+            out.append(error)
+
+    thread = threading.Thread(target=run)
     thread.start()
     thread.join(10)
+    if isinstance(out[0], Exception):
+        raise out[0]
     return out[0]
 
 
@@ -99,5 +109,35 @@ def test_threads_take_the_spare_connections_opened_with_the_main_one():
     taken = {id(gateway.connection()), id(in_thread(gateway.connection))}
     assert taken == {id(conn) for conn in spares}, "no thread had to open a connection"
     assert gateway._spares == []
-    assert in_thread(gateway.connection) not in spares, "once they are gone, a thread opens its own"
+    assert in_thread(gateway.connection) not in spares, "once they are gone, the opener opens one"
+    gateway.close()
+
+
+def test_a_thread_never_opens_a_connection_itself_and_gives_up_after_the_open_wait(monkeypatch):
+    """libvirt's open has no timeout: against a libvirtd that answers nothing it never returns. A
+    thread that needs a new connection while the main one still looks alive asks the opener and is
+    told `unavailable` after OPEN_WAIT, instead of hanging with its command."""
+    from worker.virt import gateway as module
+
+    gateway = LibvirtGateway("test:///default", spares=1)
+    gateway.start()
+    assert gateway.wait_connected(10)
+    gateway.connection()  # this thread takes the only spare
+    hung = threading.Event()
+    opened_by: list[str] = []
+    real_open = module.libvirt.open
+
+    def open_that_hangs(uri):
+        opened_by.append(threading.current_thread().name)
+        hung.wait(30)
+        return real_open(uri)
+
+    monkeypatch.setattr(module.libvirt, "open", open_that_hangs)
+    monkeypatch.setattr(module, "OPEN_WAIT", 0.5)
+    with pytest.raises(OperationError) as refused:
+        in_thread(gateway.connection)
+    assert refused.value.code is ErrorCode.unavailable and refused.value.retryable
+    assert "did not open a new connection within 0.5 s" in refused.value.message
+    assert opened_by == ["libvirt-opener"], "only the opener thread called libvirt.open"
+    hung.set()
     gateway.close()
