@@ -5,9 +5,13 @@
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${STORAGE_WORKER_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
-# scrub: libvirt runs it for every wipe algorithm but zero and trim.
+# scrub: libvirt runs it for every wipe algorithm but zero and trim. The storage driver for
+# iscsi-direct pools, tgt (a user-space iSCSI target on loopback), parted (disk pools), xfsprogs (fs
+# pools, reflink clones) and prometheus (promtool and the alert tests) serve the tests of pool types
+# beyond directories and of the alert rules.
 DEBIAN_PACKAGES=(libvirt-daemon-system libvirt-clients libvirt-dev pkg-config qemu-utils libxml2-utils
-                 qemu-system-x86 scrub)
+                 qemu-system-x86 scrub libvirt-daemon-driver-storage-iscsi-direct tgt parted xfsprogs
+                 prometheus tmux)
 
 say() { printf '[bootstrap] %s\n' "$*" >&2; }
 
@@ -66,13 +70,13 @@ ensure_kvm_device_group() {
     as_root chgrp kvm /dev/kvm && as_root chmod 0660 /dev/kvm
 }
 
-ensure_libvirtd() {
-    ensure_packages "${DEBIAN_PACKAGES[@]}"
-    as_root mkdir -p /var/log/libvirt /var/run/libvirt /var/lib/libvirt/images
-    # virtlogd collects guest console logs; libvirt needs it to start a domain.
-    pgrep -x virtlogd >/dev/null || as_root virtlogd -d
-    ensure_kvm_device_group
-    libvirt_answers && return 0
+# A libvirtd started before a storage driver package was installed has not loaded that backend: its
+# pool capabilities say supported='no' for the type.
+iscsi_direct_loaded() {
+    virsh -q -c qemu:///system pool-capabilities 2>/dev/null | grep -q "type='iscsi-direct' supported='yes'"
+}
+
+start_libvirtd() {
     say "starting libvirtd"
     pgrep -x libvirtd >/dev/null || as_root libvirtd -d
     local i
@@ -82,6 +86,25 @@ ensure_libvirtd() {
     done
     say "libvirtd did not answer on qemu:///system within 30 s"
     return 1
+}
+
+ensure_libvirtd() {
+    ensure_packages "${DEBIAN_PACKAGES[@]}"
+    as_root mkdir -p /var/log/libvirt /var/run/libvirt /var/lib/libvirt/images
+    # virtlogd collects guest console logs; libvirt needs it to start a domain.
+    pgrep -x virtlogd >/dev/null || as_root virtlogd -d
+    ensure_kvm_device_group
+    if libvirt_answers; then
+        iscsi_direct_loaded && return 0
+        say "restarting libvirtd to load the iscsi-direct storage backend"
+        as_root pkill -TERM -x libvirtd || true
+        local i
+        for i in $(seq 1 60); do
+            pgrep -x libvirtd >/dev/null || break
+            sleep 0.5
+        done
+    fi
+    start_libvirtd
 }
 
 ensure_venv() {
