@@ -1,7 +1,8 @@
 """Which command caused a pool event. libvirt's callbacks arrive on their own thread, a moment after
 the call that caused them, sometimes after that command ended and the next one on the same pool
 began. So each pool keeps its recent commands, and an event goes to the latest one whose operation
-can cause that kind of event, running or ended at most LINGER seconds ago.
+can cause that kind of event (its `causes` in the operation table), running or ended at most
+LINGER seconds ago.
 """
 
 from __future__ import annotations
@@ -17,21 +18,11 @@ from messages.events import EventType
 LINGER = 5.0
 KEPT = 8
 
-CAUSES: dict[EventType, frozenset[str]] = {
-    EventType.pool_defined: frozenset({"pool.define"}),
-    EventType.pool_undefined: frozenset({"pool.undefine", "pool.define"}),
-    EventType.pool_started: frozenset({"pool.start", "pool.define"}),
-    EventType.pool_stopped: frozenset({"pool.stop"}),
-    EventType.pool_built: frozenset({"pool.build", "pool.start", "pool.define"}),
-    EventType.pool_deleted: frozenset({"pool.delete"}),
-    EventType.pool_refreshed: frozenset({"pool.refresh", "volume.upload"}),  # libvirt refreshes after an upload
-}
-
 
 @dataclass
 class _Run:
     command_id: str
-    op: str
+    causes: frozenset[EventType]
     ended: float | None = None
 
 
@@ -42,9 +33,9 @@ class Attribution:
         self._lock = threading.Lock()
         self._runs: dict[str, deque[_Run]] = {}
 
-    def begin(self, pool: str, command_id: str, op: str) -> None:
+    def begin(self, pool: str, command_id: str, causes: frozenset[EventType]) -> None:
         with self._lock:
-            self._runs.setdefault(pool, deque(maxlen=KEPT)).append(_Run(command_id, op))
+            self._runs.setdefault(pool, deque(maxlen=KEPT)).append(_Run(command_id, causes))
 
     def end(self, pool: str, command_id: str) -> None:
         with self._lock:
@@ -53,10 +44,9 @@ class Attribution:
                     run.ended = self._clock()
 
     def command_for(self, pool: str, kind: EventType) -> str | None:
-        causes = CAUSES.get(kind, frozenset())
         now = self._clock()
         with self._lock:
             for run in reversed(self._runs.get(pool, ())):
-                if run.op in causes and (run.ended is None or now - run.ended <= self._linger):
+                if kind in run.causes and (run.ended is None or now - run.ended <= self._linger):
                     return run.command_id
         return None

@@ -1,15 +1,18 @@
-"""Which resources a command locks, and how (DESIGN: per-volume exclusive, per-pool shared/exclusive).
+"""Which resources a command locks, and how: read from what its operation names (the `uses` of its
+entry in messages.operations).
 
-Volume operations share their pool and take their volume exclusively; pool-wide operations take the
-pool exclusively, so they wait for running volume operations in it. Reads (info, list) lock nothing:
-they never wait behind a long upload. Sources that are only read (a clone's source, a backing
-volume, a download) are taken shared, so several readers of one volume run together.
+A volume it writes is taken exclusively, a volume it only reads shared (several readers of one
+volume run together), and either way the volume's pool is shared. A pool it acts on as a whole is
+taken exclusively, so the operation waits for the running volume operations in it. A domain it
+changes is taken exclusively. Reads (info, list) lock nothing: they never wait behind a long upload.
 """
 
 from __future__ import annotations
 
 from enum import Enum
+
 from messages.command import Command
+from messages.operations import OPERATIONS, DomainRef, PoolRef, VolumeRef, read_path
 
 
 class Mode(str, Enum):
@@ -19,10 +22,6 @@ class Mode(str, Enum):
 
 Key = tuple[str, ...]
 Claim = tuple[Key, Mode]
-
-_POOL_EXCLUSIVE = {"pool.define", "pool.build", "pool.start", "pool.stop", "pool.delete", "pool.undefine",
-                   "pool.autostart", "pool.refresh"}
-_VOLUME_WRITES = {"volume.create", "volume.resize", "volume.wipe", "volume.upload", "volume.delete"}
 
 
 def pool_key(name: str) -> Key:
@@ -38,26 +37,25 @@ def domain_key(name: str) -> Key:
 
 
 def claims_for(command: Command) -> tuple[Claim, ...]:
-    op, a = command.op, command.args
+    operation = OPERATIONS[command.op]
+    if operation.read_only:
+        return ()
+    args = command.args
     wanted: list[Claim] = []
-    if op in _POOL_EXCLUSIVE:
-        wanted.append((pool_key(a.name), Mode.exclusive))
-    elif op in _VOLUME_WRITES:
-        wanted += [(pool_key(a.pool), Mode.shared), (volume_key(a.pool, a.name), Mode.exclusive)]
-        backing = getattr(a, "backing", None)
-        if backing is not None:
-            wanted += [(pool_key(backing.pool), Mode.shared), (volume_key(backing.pool, backing.name), Mode.shared)]
-    elif op == "volume.clone":
-        source_pool = a.source_pool or a.pool
-        wanted += [(pool_key(a.pool), Mode.shared), (volume_key(a.pool, a.name), Mode.exclusive),
-                   (pool_key(source_pool), Mode.shared), (volume_key(source_pool, a.source), Mode.shared)]
-    elif op == "volume.download":
-        wanted += [(pool_key(a.pool), Mode.shared), (volume_key(a.pool, a.name), Mode.shared)]
-    elif op == "volume.attach":
-        wanted += [(pool_key(a.pool), Mode.shared), (volume_key(a.pool, a.name), Mode.shared),
-                   (domain_key(a.domain), Mode.exclusive)]
-    elif op == "volume.detach":
-        wanted.append((domain_key(a.domain), Mode.exclusive))
+    for resource in operation.uses:
+        if isinstance(resource, PoolRef):
+            pool = read_path(args, resource.field)
+            if pool is not None:
+                wanted.append((pool_key(pool), Mode.exclusive if resource.whole else Mode.shared))
+        elif isinstance(resource, VolumeRef):
+            pool, name = read_path(args, resource.pool), read_path(args, resource.name)
+            if pool is not None and name is not None:
+                wanted += [(pool_key(pool), Mode.shared),
+                           (volume_key(pool, name), Mode.exclusive if resource.writes else Mode.shared)]
+        elif isinstance(resource, DomainRef):
+            domain = read_path(args, resource.field)
+            if domain is not None:
+                wanted.append((domain_key(domain), Mode.exclusive))
     return _merged(wanted)
 
 

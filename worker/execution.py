@@ -70,19 +70,13 @@ class Runner:
 
     def run(self, command: Command, *, received_at: datetime, started_at: datetime,
             cancel: threading.Event) -> Result:
-        host = self._settings.host_id
-        handler = HANDLERS.get(command.op)
-        if handler is None:
-            return error_result(command.id, command.op, host, Status.failed, ErrorCode.unsupported,
-                                f"operation {command.op!r} is not supported by this worker", received_at, started_at)
+        handler = HANDLERS[command.op]
         ctx = Context(command=command, gateway=self._gateway, settings=self._settings, events=self._events,
                       cancel=cancel, inventory=self._inventory, touch=self._touch)
-        # The pool whose libvirt events this command may cause (pool ops; an upload refreshes its pool).
-        # A read causes none.
-        pool_name = None if OPERATIONS[command.op].read_only else \
-            getattr(command.args, "name" if command.op.startswith("pool.") else "pool", None)
+        operation = OPERATIONS[command.op]
+        pool_name = operation.event_pool(command.args)  # the pool whose libvirt events it may cause
         if pool_name is not None and self._attribution is not None:
-            self._attribution.begin(pool_name, command.id, command.op)
+            self._attribution.begin(pool_name, command.id, operation.causes)
         try:
             return self._run(command, handler, ctx, received_at=received_at, started_at=started_at)
         finally:

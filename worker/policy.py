@@ -23,20 +23,19 @@ Rules:
 - An op pattern must match at least one known operation: a typo such as "volume.delet" is an
   error when the file is loaded, not a silent deny.
 
-Which pools a command touches (all of them must be allowed):
-- every args field named `pool` or `source_pool`, at any depth (so `backing.pool` of volume.create
-  too); a clone without `source_pool` reads from `pool`, already counted;
-- for `pool.*` operations, `name`.
-Operations that name no pool are decided by the op alone: host.info, pool.list (it lists every
-pool: the policy does not filter results), volume.detach (it names a domain and a disk target, not
-a pool) and job.cancel (it names a command id; the policy does not check who sent that command).
+Which pools a command touches (all of them must be allowed): every pool its operation names (the
+`uses` of its entry in the operation table, messages.operations): `name` of pool operations,
+`pool`, `source_pool` and `backing.pool` of volume operations; a clone without `source_pool` reads
+from `pool`, already counted. Operations that name no pool are decided by the op alone: host.info,
+pool.list (it lists every pool: the policy does not filter results), volume.detach (it names a
+domain and a disk target, not a pool) and job.cancel (it names a command id; the policy does not
+check who sent that command).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import tomllib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -47,8 +46,6 @@ from messages.command import Command
 from messages.errors import shown
 from messages.operations import OPERATIONS
 from worker.errors import forbidden
-
-POOL_FIELDS = ("pool", "source_pool")
 
 Pattern = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=255)]
 
@@ -90,31 +87,7 @@ class PolicyDocument(BaseModel):
 
 def pools_touched(command: Command) -> list[tuple[str, str]]:
     """(field, pool name) for every pool the command names, in field order, without repeats."""
-    found: list[tuple[str, str]] = []
-    if command.op.startswith("pool.") and isinstance(getattr(command.args, "name", None), str):
-        found.append(("name", command.args.name))
-    found.extend(_pool_fields(command.args, ""))
-    seen: set[str] = set()
-    unique: list[tuple[str, str]] = []
-    for where, pool in found:
-        if pool not in seen:
-            seen.add(pool)
-            unique.append((where, pool))
-    return unique
-
-
-def _pool_fields(model: BaseModel, prefix: str) -> Iterator[tuple[str, str]]:
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        where = f"{prefix}{name}"
-        if name in POOL_FIELDS and isinstance(value, str):
-            yield where, value
-        elif isinstance(value, BaseModel):
-            yield from _pool_fields(value, where + ".")
-        elif isinstance(value, (list, tuple)):
-            for index, item in enumerate(value):
-                if isinstance(item, BaseModel):
-                    yield from _pool_fields(item, f"{where}[{index}].")
+    return OPERATIONS[command.op].pools_named(command.args)
 
 
 @dataclass(frozen=True)

@@ -38,11 +38,13 @@ import libvirt
 
 from messages.events import DiskRef, EventType
 from messages.objects import VolumeObject
+from messages.operations import VOLUME_ATTACH, VOLUME_DETACH
 from messages.payloads import DiskChange
 from messages.results import ErrorCode
 from messages.volumes import VolumeAttachArgs, VolumeDetachArgs
 from worker.errors import OperationError, conflict, invalid, not_found
 from worker.handlers.context import Context
+from worker.handlers.registry import handles
 from worker.virt import disk_xml
 from worker.virt.describe import volume_object
 
@@ -60,6 +62,7 @@ CONFIG = libvirt.VIR_DOMAIN_AFFECT_CONFIG
 _WHERE = {LIVE: "the running domain", CONFIG: "the domain's persistent definition"}
 
 
+@handles(VOLUME_ATTACH)
 def attach(ctx: Context, a: VolumeAttachArgs) -> DiskChange:
     dom = _domain(ctx, a.domain)
     live, config = _parts(dom, a.domain, a.live, a.config, "attach")
@@ -108,6 +111,7 @@ def _rw(readonly: bool) -> str:
     return "read-only" if readonly else "writable"
 
 
+@handles(VOLUME_DETACH)
 def detach(ctx: Context, a: VolumeDetachArgs) -> DiskChange:
     dom = _domain(ctx, a.domain)
     live, config = _parts(dom, a.domain, a.live, a.config, "detach")

@@ -1,14 +1,17 @@
-"""host.info"""
+"""Describing the host: its libvirt and the pool types it supports."""
 
 from __future__ import annotations
 
+from messages.operations import HOST_INFO
 from messages.payloads import HostInfo
 from messages.volumes import NoArgs
 from worker import __version__
 from worker.handlers.context import Context
+from worker.handlers.registry import handles
 from worker.virt.describe import libvirt_version, supported_pool_types
 
 
+@handles(HOST_INFO)
 def info(ctx: Context, _args: NoArgs) -> HostInfo:
     conn = ctx.conn
     return HostInfo(host_id=ctx.settings.host_id, hostname=conn.getHostname(), uri=conn.getURI(),

@@ -9,11 +9,14 @@ from __future__ import annotations
 import libvirt
 
 from messages.objects import PoolObject
+from messages.operations import (POOL_AUTOSTART, POOL_BUILD, POOL_DEFINE, POOL_DELETE, POOL_INFO, POOL_LIST,
+                                 POOL_REFRESH, POOL_START, POOL_STOP, POOL_UNDEFINE)
 from messages.payloads import PoolChange, PoolList, PoolUndefined
 from messages.pools import (PoolAutostartArgs, PoolBuildArgs, PoolDefineArgs, PoolListArgs, PoolNameArgs,
                             PoolStartArgs)
 from worker.errors import conflict, invalid, unsupported
 from worker.handlers.context import Context
+from worker.handlers.registry import handles
 from worker.paths import check_pool_target
 from worker.virt import pool_xml
 from worker.virt.describe import pool_object, pool_type, supported_pool_types
@@ -28,6 +31,7 @@ def _change(ctx: Context, pool: libvirt.virStoragePool) -> PoolChange:
     return PoolChange(**pool_object(pool).model_dump(), changed=ctx.changed)
 
 
+@handles(POOL_DEFINE)
 def define(ctx: Context, a: PoolDefineArgs) -> PoolChange:
     check_pool_target(a, ctx.settings.allowed_roots)
     supported = supported_pool_types(ctx.conn)
@@ -71,6 +75,7 @@ def _bring_up(ctx: Context, pool: libvirt.virStoragePool, a: PoolDefineArgs) -> 
         ctx.changed = True
 
 
+@handles(POOL_BUILD)
 def build(ctx: Context, a: PoolBuildArgs) -> PoolChange:
     pool = ctx.pool(a.name)
     kind = pool_type(pool)
@@ -83,6 +88,7 @@ def build(ctx: Context, a: PoolBuildArgs) -> PoolChange:
     return _change(ctx, pool)
 
 
+@handles(POOL_START)
 def start(ctx: Context, a: PoolStartArgs) -> PoolChange:
     pool = ctx.pool(a.name)
     if not pool.isActive():
@@ -91,6 +97,7 @@ def start(ctx: Context, a: PoolStartArgs) -> PoolChange:
     return _change(ctx, pool)
 
 
+@handles(POOL_STOP)
 def stop(ctx: Context, a: PoolNameArgs) -> PoolChange:
     pool = ctx.pool(a.name)
     if pool.isActive():
@@ -99,6 +106,7 @@ def stop(ctx: Context, a: PoolNameArgs) -> PoolChange:
     return _change(ctx, pool)
 
 
+@handles(POOL_DELETE)
 def delete(ctx: Context, a: PoolNameArgs) -> PoolChange:
     pool = ctx.pool(a.name)
     if pool.isActive():
@@ -113,6 +121,7 @@ def delete(ctx: Context, a: PoolNameArgs) -> PoolChange:
     return _change(ctx, pool)
 
 
+@handles(POOL_UNDEFINE)
 def undefine(ctx: Context, a: PoolNameArgs) -> PoolUndefined:
     pool = ctx.find_pool(a.name)
     if pool is not None:
@@ -124,6 +133,7 @@ def undefine(ctx: Context, a: PoolNameArgs) -> PoolUndefined:
     return PoolUndefined(name=a.name, changed=ctx.changed)
 
 
+@handles(POOL_AUTOSTART)
 def autostart(ctx: Context, a: PoolAutostartArgs) -> PoolChange:
     pool = ctx.pool(a.name)
     if bool(pool.autostart()) != a.enabled:
@@ -134,16 +144,19 @@ def autostart(ctx: Context, a: PoolAutostartArgs) -> PoolChange:
     return _change(ctx, pool)
 
 
+@handles(POOL_REFRESH)
 def refresh(ctx: Context, a: PoolNameArgs) -> PoolChange:
     pool = ctx.active_pool(a.name)
     pool.refresh(0)
     return _change(ctx, pool)
 
 
+@handles(POOL_INFO)
 def info(ctx: Context, a: PoolNameArgs) -> PoolObject:
     return pool_object(ctx.pool(a.name))
 
 
+@handles(POOL_LIST)
 def list_(ctx: Context, a: PoolListArgs) -> PoolList:
     flags = {None: 0, "active": libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE,
              "inactive": libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_INACTIVE}[a.state]

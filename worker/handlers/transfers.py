@@ -32,11 +32,13 @@ from urllib.parse import urlsplit
 import libvirt
 
 from messages.events import EventType
+from messages.operations import VOLUME_DOWNLOAD, VOLUME_UPLOAD
 from messages.payloads import VolumeDownloaded, VolumeUploaded
 from messages.results import ErrorCode
 from messages.volumes import VolumeDownloadArgs, VolumeUploadArgs
 from worker.errors import OperationError, forbidden, invalid, not_found
 from worker.handlers.context import Context
+from worker.handlers.registry import handles
 from worker.paths import check_local_file
 from worker.virt import streams
 from worker.virt.describe import volume_object
@@ -56,6 +58,7 @@ DOWNLOAD_SEGMENT = 32 * 2**20
 
 # ---- volume.upload ------------------------------------------------------------------------------
 
+@handles(VOLUME_UPLOAD)
 def upload(ctx: Context, a: VolumeUploadArgs) -> VolumeUploaded:
     source = _source(ctx, a)  # policy first: a forbidden source is refused before anything else
     try:
@@ -396,6 +399,7 @@ def _source_error(exc: OSError, what: str) -> OperationError:
 
 # ---- volume.download ----------------------------------------------------------------------------
 
+@handles(VOLUME_DOWNLOAD)
 def download(ctx: Context, a: VolumeDownloadArgs) -> VolumeDownloaded:
     roots = ctx.settings.allowed_roots
     shown = a.destination.path

@@ -12,12 +12,15 @@ import libvirt
 
 from messages.events import EventType
 from messages.objects import VolumeObject
+from messages.operations import (VOLUME_CLONE, VOLUME_CREATE, VOLUME_DELETE, VOLUME_INFO, VOLUME_LIST,
+                                 VOLUME_RESIZE, VOLUME_WIPE)
 from messages.payloads import VolumeChange, VolumeDeleted, VolumeList
 from messages.volumes import (VolumeCloneArgs, VolumeCreateArgs, VolumeDeleteArgs, VolumeListArgs,
                               VolumeNameArgs, VolumeResizeArgs, VolumeWipeArgs)
 from worker.errors import conflict, invalid
 from worker.progress import watched, write_positions
 from worker.handlers.context import Context
+from worker.handlers.registry import handles
 from worker.virt import volume_xml
 from worker.virt.describe import volume_object
 
@@ -34,6 +37,7 @@ DEFAULT_FORMAT = "raw"
 _FILE_POOLS = {"dir", "fs", "netfs", "gluster", "vstorage"}
 
 
+@handles(VOLUME_CREATE)
 def create(ctx: Context, a: VolumeCreateArgs) -> VolumeChange:
     pool = ctx.active_pool(a.pool)
     file_pool = ctx.gateway.pool_type(pool) in _FILE_POOLS
@@ -78,6 +82,7 @@ def _same_or_conflict(a: VolumeCreateArgs, fmt: str | None, backing_path: str | 
         raise conflict(f"volume {a.name!r} already exists in pool {a.pool!r} and differs: {'; '.join(found)}")
 
 
+@handles(VOLUME_DELETE)
 def delete(ctx: Context, a: VolumeDeleteArgs) -> VolumeDeleted:
     pool = ctx.active_pool(a.pool)
     volume = ctx.find_volume(pool, a.name)
@@ -91,10 +96,12 @@ def delete(ctx: Context, a: VolumeDeleteArgs) -> VolumeDeleted:
     return VolumeDeleted(pool=a.pool, name=a.name, changed=ctx.changed)
 
 
+@handles(VOLUME_INFO)
 def info(ctx: Context, a: VolumeNameArgs) -> VolumeObject:
     return ctx.describe_volume(a.pool, a.name)
 
 
+@handles(VOLUME_LIST)
 def list_(ctx: Context, a: VolumeListArgs) -> VolumeList:
     pool = ctx.active_pool(a.pool)
     volumes = sorted(pool.listAllVolumes(0), key=lambda v: v.name())
@@ -102,6 +109,7 @@ def list_(ctx: Context, a: VolumeListArgs) -> VolumeList:
 
 
 
+@handles(VOLUME_CLONE)
 def clone(ctx: Context, a: VolumeCloneArgs) -> VolumeChange:
     pool = ctx.active_pool(a.pool)
     source_pool_name = a.source_pool or a.pool
@@ -139,6 +147,7 @@ def clone(ctx: Context, a: VolumeCloneArgs) -> VolumeChange:
     return VolumeChange(**made.model_dump(), changed=True)
 
 
+@handles(VOLUME_RESIZE)
 def resize(ctx: Context, a: VolumeResizeArgs) -> VolumeChange:
     pool = ctx.active_pool(a.pool)
     volume = ctx.volume(pool, a.name)
@@ -157,6 +166,7 @@ def resize(ctx: Context, a: VolumeResizeArgs) -> VolumeChange:
     return VolumeChange(**current.model_dump(), changed=ctx.changed)
 
 
+@handles(VOLUME_WIPE)
 def wipe(ctx: Context, a: VolumeWipeArgs) -> VolumeChange:
     pool = ctx.active_pool(a.pool)
     volume = ctx.volume(pool, a.name)
