@@ -11,20 +11,20 @@ import threading
 from typing import Any
 
 from messages.events import EventType
-from worker.amqp.link import AmqpLink, TopologyError, connection_parameters
-from worker.amqp.topology import declarations
+from worker.transport.link import AmqpLink, TopologyError, connection_parameters
+from worker.transport.topology import declarations
 from worker.config import Settings
-from worker.attribution import Attribution
-from worker.events import EventPublisher, worker_data
-from worker.execution import Runner
-from worker.inventory import Inventory
-from worker.health import HealthServer
-from worker.journal import Journal, new_owner_id
-from worker.metrics import Metrics
-from worker.policy import Policy
-from worker.monitor import Monitor
-from worker.scheduler import Scheduler
-from worker.service import CommandService
+from worker.watch.attribution import Attribution
+from worker.transport.events import EventPublisher, worker_data
+from worker.execution.runner import Runner
+from worker.state.inventory import Inventory
+from worker.telemetry.health import HealthServer
+from worker.state.journal import Journal, new_owner_id
+from worker.telemetry.metrics import Metrics
+from worker.intake.policy import Policy
+from worker.watch.monitor import Monitor
+from worker.execution.scheduler import Scheduler
+from worker.intake.service import CommandService
 from worker.virt.gateway import LibvirtGateway, event_loop_thread
 
 log = logging.getLogger(__name__)

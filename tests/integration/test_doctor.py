@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import AMQP_URL, LIBVIRT_URI, unique
 from tests.integration.conftest import delete_broker_objects
-from worker.amqp.topology import declarations
+from worker.transport.topology import declarations
 from worker.config import Settings
 
 pytestmark = pytest.mark.integration

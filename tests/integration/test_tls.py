@@ -25,7 +25,7 @@ from tests.integration import tls
 from tests.integration.conftest import delete_broker_objects, ok, rabbitmqctl, wait_for
 from worker.app import Worker
 from worker.config import Settings
-from worker.logs import JsonFormatter
+from worker.telemetry.logs import JsonFormatter
 
 pytestmark = pytest.mark.integration
 
@@ -136,7 +136,7 @@ def test_a_worker_that_does_not_trust_the_broker_certificate_fails_clearly(
     assert "did not become ready" in str(error)
 
     reasons = [str(r.reason) for r in caplog.records
-               if r.name == "worker.amqp.link" and r.levelno == logging.WARNING and hasattr(r, "reason")]
+               if r.name == "worker.transport.link" and r.levelno == logging.WARNING and hasattr(r, "reason")]
     assert reasons and all("CERTIFICATE_VERIFY_FAILED" in reason and "certificate verify failed" in reason
                            for reason in reasons), reasons
     assert tls.connection_info(f"storage-worker {settings.host_id}", "ssl") is None

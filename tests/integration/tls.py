@@ -28,7 +28,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from worker.journal import process_alive
+from worker.state.journal import process_alive
 
 BROKER_DIR = Path(os.environ.get("TEST_TLS_BROKER_DIR", "/var/lib/rabbitmq/storage-worker-tests-tls"))
 BROKER_USER = os.environ.get("TEST_TLS_BROKER_USER", "rabbitmq")

@@ -1,4 +1,4 @@
-from worker.amqp.acks import AckBatcher
+from worker.transport.acks import AckBatcher
 
 
 def batcher(*tags: int) -> AckBatcher:

@@ -1,11 +1,11 @@
-"""worker.amqp.topology.declarations: what the worker declares on the broker (CONTRACT §1)."""
+"""worker.transport.topology.declarations: what the worker declares on the broker (CONTRACT §1)."""
 
 from __future__ import annotations
 
 import pytest
 
 from messages.topology import Topology
-from worker.amqp.topology import Declaration, declarations
+from worker.transport.topology import Declaration, declarations
 
 
 def by_kind(decls: list[Declaration], kind: str) -> dict[str, Declaration]:

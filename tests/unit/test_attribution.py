@@ -6,7 +6,7 @@ from __future__ import annotations
 from messages.events import EventType
 from messages.operations import POOL_DEFINE, POOL_REFRESH, POOL_STOP, VOLUME_INFO, VOLUME_UPLOAD
 from tests.unit.conftest import FakeClock
-from worker.attribution import Attribution
+from worker.watch.attribution import Attribution
 
 
 def test_a_late_event_goes_to_the_command_that_can_cause_it_not_the_newest():

@@ -1,11 +1,11 @@
-"""worker.cli.parse_pairs (the key=value arguments of `storage-worker call`) and messages.sizes."""
+"""worker.ops.cli.parse_pairs (the key=value arguments of `storage-worker call`) and messages.sizes."""
 
 from __future__ import annotations
 
 import pytest
 
 from messages.sizes import parse_size
-from worker.cli import build_parser, parse_pairs
+from worker.ops.cli import build_parser, parse_pairs
 
 
 def test_plain_pairs_become_args():

@@ -1,4 +1,4 @@
-"""worker.doctor without services: masking, formatting, exit codes, error classification, reading the
+"""worker.ops.doctor without services: masking, formatting, exit codes, error classification, reading the
 broker's PRECONDITION_FAILED texts, and the local checks (state dir, journal, allowed roots, policy)."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import ssl
 import pika.exceptions as pe
 import pytest
 
-from worker import doctor as d
+from worker.ops import doctor as d
 from worker.config import Settings
-from worker.doctor import ABSENT, Check, Context, Difference, Status
+from worker.ops.doctor import ABSENT, Check, Context, Difference, Status
 
 
 @pytest.fixture(autouse=True)
@@ -121,7 +121,7 @@ def test_doctor_falls_back_to_ascii_arrow(monkeypatch, tmp_path):
 
 
 def test_cli_has_doctor_with_common_flags():
-    from worker.cli import build_parser
+    from worker.ops.cli import build_parser
 
     ns = build_parser().parse_args(["doctor", "--json", "--libvirt-uri", "test:///default", "--host-id", "h",
                                     "--amqp-url", "amqp://x@y/", "--prefix", "p", "--config", "c.toml"])
@@ -262,7 +262,7 @@ def test_journal_absent_valid_and_corrupt(tmp_path):
 
 
 def test_journal_from_a_real_worker_journal(tmp_path):
-    from worker.journal import Journal
+    from worker.state.journal import Journal
 
     (tmp_path / "state").mkdir()
     Journal(tmp_path / "state" / d.JOURNAL_FILE).close()

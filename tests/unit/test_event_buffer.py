@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pika
 
-from worker.amqp.link import AmqpLink, Outgoing
+from worker.transport.link import AmqpLink, Outgoing
 
 
 def message(name: str, droppable: bool) -> Outgoing:

@@ -1,4 +1,4 @@
-"""worker.journal.Journal: the durable record of command ids, states and terminal results."""
+"""worker.state.journal.Journal: the durable record of command ids, states and terminal results."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pytest
 
 from messages.results import Result
-from worker.journal import Journal, State
+from worker.state.journal import Journal, State
 
 
 def result(command_id: str, status: str = "succeeded", op: str | None = "volume.create") -> Result:
@@ -206,7 +206,7 @@ def test_read_results_stored_later_are_written_by_the_heartbeat_and_on_close(tmp
 
 
 def test_read_results_stored_later_are_written_at_once_when_enough_wait(tmp_path, monkeypatch):
-    monkeypatch.setattr("worker.journal.FINISHED_LATER_AT", 3)
+    monkeypatch.setattr("worker.state.journal.FINISHED_LATER_AT", 3)
     path = tmp_path / "journal.db"
     journal = Journal(path)
     for command_id in ("a", "b"):
@@ -217,7 +217,7 @@ def test_read_results_stored_later_are_written_at_once_when_enough_wait(tmp_path
 
 
 def test_read_results_stored_later_are_written_at_once_when_their_bytes_add_up(tmp_path, monkeypatch):
-    monkeypatch.setattr("worker.journal.FINISHED_LATER_BYTES", 1000)
+    monkeypatch.setattr("worker.state.journal.FINISHED_LATER_BYTES", 1000)
     path = tmp_path / "journal.db"
     journal = Journal(path)
     journal.finish_later("small", "f", result("small", op="volume.info"))
@@ -252,7 +252,7 @@ def test_deferred_writes_survive_a_failed_transaction_and_go_with_the_next(tmp_p
 
 def full_journal(tmp_path, monkeypatch) -> Journal:
     """A journal that has no room left (SQLite's page limit set to its size: SQLITE_FULL)."""
-    monkeypatch.setattr("worker.journal.UNWRITABLE_RETRY_MIN", 0.02)
+    monkeypatch.setattr("worker.state.journal.UNWRITABLE_RETRY_MIN", 0.02)
     journal = Journal(tmp_path / "journal.db")
     with journal._lock:
         pages = journal._db.execute("PRAGMA page_count").fetchone()[0]

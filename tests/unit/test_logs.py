@@ -1,4 +1,4 @@
-"""worker.logs: JSON lines by default, text on request; `extra` fields ride along in both."""
+"""worker.telemetry.logs: JSON lines by default, text on request; `extra` fields ride along in both."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from worker.logs import JsonFormatter, TextFormatter, configure
+from worker.telemetry.logs import JsonFormatter, TextFormatter, configure
 
 
 def emit(formatter: logging.Formatter, message: str, *args, level=logging.INFO, exc=False, **extra) -> str:
@@ -85,7 +85,7 @@ def test_configure_installs_one_handler_with_the_format(fmt, formatter):
 
 
 def test_lines_carry_the_host_and_the_running_command():
-    from worker.logs import ContextFilter, command_context
+    from worker.telemetry.logs import ContextFilter, command_context
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

@@ -1,4 +1,4 @@
-"""worker.policy: who may run which operation on which pools, and what a bad policy file says."""
+"""worker.intake.policy: who may run which operation on which pools, and what a bad policy file says."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from messages.command import decode
 from messages.results import ErrorCode
 from worker.errors import OperationError
-from worker.policy import Policy, PolicyError, pools_touched
+from worker.intake.policy import Policy, PolicyError, pools_touched
 
 EXAMPLE = """
 [default]            # users without a rule of their own, and commands without user_id

@@ -6,8 +6,8 @@ import io
 
 from messages.events import JobProgressData
 from tests.unit.conftest import FakeClock
-from worker.cli import ProgressBar
-from worker.progress import ProgressReporter
+from worker.ops.cli import ProgressBar
+from worker.handlers.progress import ProgressReporter
 
 
 class Recorder:

@@ -1,4 +1,4 @@
-"""worker.retry.RetryPolicy: what is retried, how often, for how long, and what the caller learns."""
+"""worker.execution.retry.RetryPolicy: what is retried, how often, for how long, and what the caller learns."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from messages.results import ErrorCode
 from worker.errors import OperationError
-from worker.retry import RetryPolicy
+from worker.execution.retry import RetryPolicy
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # keep libvirt from printing to stderr
 

@@ -1,4 +1,4 @@
-"""worker.scheduler + worker.claims: which commands lock what, and how the executor honours it.
+"""worker.execution.scheduler + worker.execution.claims: which commands lock what, and how the executor honours it.
 
 Jobs carry the claims of real decoded commands (messages.command.decode -> claims_for), so these
 tests check the locking the service actually gets. Concurrency is proven with barriers and events
@@ -17,8 +17,8 @@ import pytest
 
 from messages.command import Command, decode
 from messages.operations import OPERATIONS
-from worker.claims import Mode, claims_for, domain_key, pool_key, volume_key
-from worker.scheduler import Job, Scheduler
+from worker.execution.claims import Mode, claims_for, domain_key, pool_key, volume_key
+from worker.execution.scheduler import Job, Scheduler
 
 WAIT = 2.0  # seconds any test waits for something that should happen at once
 _ids = itertools.count()

@@ -18,9 +18,9 @@ from messages.events import DiskRef, EventType, VolumeEventData
 from messages.objects import VolumeObject
 from worker.config import Settings
 from worker.errors import not_found
-from worker.events import EventPublisher
-from worker.inventory import Inventory
-from worker.progress import ProgressReporter
+from worker.transport.events import EventPublisher
+from worker.state.inventory import Inventory
+from worker.handlers.progress import ProgressReporter
 from worker.virt import volume_xml
 from worker.virt.gateway import LibvirtGateway
 

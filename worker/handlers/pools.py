@@ -17,7 +17,7 @@ from messages.pools import (PoolAutostartArgs, PoolBuildArgs, PoolDefineArgs, Po
 from worker.errors import conflict, invalid, unsupported
 from worker.handlers.context import Context
 from worker.handlers.registry import handles
-from worker.paths import check_pool_target
+from worker.handlers.paths import check_pool_target
 from worker.virt import pool_xml
 from worker.virt.describe import pool_object, pool_type, supported_pool_types
 

@@ -39,7 +39,7 @@ from messages.volumes import VolumeDownloadArgs, VolumeUploadArgs
 from worker.errors import OperationError, forbidden, invalid, not_found
 from worker.handlers.context import Context
 from worker.handlers.registry import handles
-from worker.paths import check_local_file
+from worker.handlers.paths import check_local_file
 from worker.virt import streams
 from worker.virt.describe import volume_object
 from worker.virt.streams import CHUNK, HoleGate, Item, Sender, TransferCancelled

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from worker.claims import Claim, Key, Mode, conflicts
+from worker.execution.claims import Claim, Key, Mode, conflicts
 
 log = logging.getLogger(__name__)
 

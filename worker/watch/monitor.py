@@ -24,13 +24,13 @@ import libvirt
 
 from messages.events import CapacityEventData, EventType, PoolEventData, VolumeEventData
 from messages.objects import PoolObject
-from worker.attribution import Attribution
-from worker.capacity import CapacityWatch, Level
+from worker.watch.attribution import Attribution
+from worker.watch.capacity import CapacityWatch, Level
 from worker.config import Settings
 from worker.errors import OperationError
-from worker.events import EventPublisher, worker_data
-from worker.inventory import Inventory, diff_pools
-from worker.metrics import Metrics
+from worker.transport.events import EventPublisher, worker_data
+from worker.state.inventory import Inventory, diff_pools
+from worker.telemetry.metrics import Metrics
 from worker.virt import pool_events
 from worker.virt.describe import pool_object, volume_object
 from worker.virt.gateway import LibvirtGateway

@@ -216,7 +216,7 @@ def classify_broker_error(error: BaseException) -> str:
 
 def _broker_parameters(settings: Any, url: str):
     """The worker's own connection parameters (TLS included), with short timeouts and one attempt."""
-    from worker.amqp.link import connection_parameters
+    from worker.transport.link import connection_parameters
 
     parameters = connection_parameters(url, heartbeat=settings.amqp_heartbeat,
                                        ca_file=_str(settings.amqp_ca_file),
@@ -648,7 +648,7 @@ def queue_fix(queue: str, vhost: str, differences: list[Difference], complete: b
 
 
 def check_command_queue(ctx: Context) -> Check:
-    from worker.amqp.topology import command_queue_arguments
+    from worker.transport.topology import command_queue_arguments
 
     settings = ctx.settings
     arguments = command_queue_arguments(settings.topology, settings.queue_type, settings.delivery_limit,
@@ -841,7 +841,7 @@ def check_allowed_roots(ctx: Context) -> Check:
 
 
 def check_policy(ctx: Context) -> Check:
-    from worker.policy import Policy, PolicyError
+    from worker.intake.policy import Policy, PolicyError
 
     name = "policy"
     path = ctx.settings.policy_file

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from messages.events import EventType, JobProgressData
-from worker.events import EventPublisher
+from worker.transport.events import EventPublisher
 
 log = logging.getLogger(__name__)
 

@@ -56,7 +56,7 @@ def parse_pairs(pairs: list[str], base: dict[str, Any] | None = None) -> dict[st
 
 def cmd_run(ns: argparse.Namespace) -> int:
     from worker.app import Worker
-    from worker.logs import configure
+    from worker.telemetry.logs import configure
 
     settings = _load(ns)
     configure(settings.log_format, settings.log_level, settings.host_id)
@@ -165,10 +165,10 @@ def cmd_events(ns: argparse.Namespace) -> int:
 
 
 def cmd_dead(ns: argparse.Namespace) -> int:
-    from worker.deadletters import DeadLetters
+    from worker.ops.deadletters import DeadLetters
 
     settings = _load(ns)
-    from worker.amqp.link import connection_parameters
+    from worker.transport.link import connection_parameters
 
     parameters = connection_parameters(settings.amqp_url.get_secret_value(), heartbeat=settings.amqp_heartbeat,
                                        ca_file=_path(settings.amqp_ca_file), cert_file=_path(settings.amqp_cert_file),
@@ -214,7 +214,7 @@ def cmd_schema(ns: argparse.Namespace) -> int:
 
 
 def cmd_doctor(ns: argparse.Namespace) -> int:
-    from worker.doctor import doctor
+    from worker.ops.doctor import doctor
 
     return doctor(_settings_flags(ns), getattr(ns, "config", None), as_json=ns.json)
 

@@ -9,7 +9,7 @@ from pika.spec import BasicProperties
 
 from messages.results import Result
 from messages.topology import Topology
-from worker.amqp.link import AmqpLink, Delivery, Outgoing
+from worker.transport.link import AmqpLink, Delivery, Outgoing
 
 REASON_HEADER = "x-storage-worker-reason"
 

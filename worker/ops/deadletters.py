@@ -12,7 +12,7 @@ from typing import Any
 import pika
 
 from messages.topology import Topology
-from worker.publishing import REASON_HEADER
+from worker.transport.results import REASON_HEADER
 
 
 @dataclass(frozen=True)

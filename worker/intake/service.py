@@ -39,17 +39,17 @@ from messages.payloads import JobCancelState
 from messages.results import ErrorCode, Result, Status
 from messages.topology import Topology
 from messages.volumes import NoArgs
-from worker.amqp.link import AmqpLink, Delivery
-from worker.claims import claims_for
-from worker.events import utcnow
-from worker.execution import Runner, error_result, make_result
-from worker.journal import Entry, Journal, State
-from worker.logs import command_context
+from worker.transport.link import AmqpLink, Delivery
+from worker.execution.claims import claims_for
+from worker.clock import utcnow
+from worker.execution.runner import Runner, error_result, make_result
+from worker.state.journal import Entry, Journal, State
+from worker.telemetry.logs import command_context
 from worker.errors import OperationError
-from worker.metrics import Metrics
-from worker.policy import Policy
-from worker.publishing import ResultPublisher, countdown
-from worker.scheduler import Job, Scheduler
+from worker.telemetry.metrics import Metrics
+from worker.intake.policy import Policy
+from worker.transport.results import ResultPublisher, countdown
+from worker.execution.scheduler import Job, Scheduler
 
 log = logging.getLogger(__name__)
 

@@ -14,22 +14,18 @@ import sqlite3
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
 
 from pika.spec import BasicProperties
 from pydantic import BaseModel
 
 from messages.events import CONTENT_TYPE, CloudEvent, EventType, WorkerEventData
 from messages.topology import Topology
-from worker.amqp.link import AmqpLink, Outgoing
-from worker.journal import Journal
-from worker.metrics import Metrics
+from worker.clock import utcnow
+from worker.transport.link import AmqpLink, Outgoing
+from worker.state.journal import Journal
+from worker.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def worker_data(host_id: str, libvirt_uri: str, reason: str | None = None) -> WorkerEventData:

@@ -12,13 +12,14 @@ from messages.operations import OPERATIONS
 from messages.results import ErrorCode, ErrorInfo, Result, Status
 from worker.config import Settings
 from worker.errors import OperationError
-from worker.attribution import Attribution
-from worker.events import EventPublisher, utcnow
+from worker.watch.attribution import Attribution
+from worker.clock import utcnow
+from worker.transport.events import EventPublisher
 from worker.handlers import HANDLERS
 from worker.handlers.context import Context
-from worker.inventory import Inventory
-from worker.metrics import Metrics
-from worker.retry import RetryPolicy
+from worker.state.inventory import Inventory
+from worker.telemetry.metrics import Metrics
+from worker.execution.retry import RetryPolicy
 from worker.virt.gateway import LibvirtGateway
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ Two channels per connection:
 - the *publish* channel, in confirm mode: every publish gets a delivery tag, and its callback runs
   once the broker confirms it. Publishes made while no channel is open wait in an outbox; publishes
   unconfirmed when a connection is lost go back to the front of the outbox and are sent again.
-- the *consume* channel: prefetch, manual acks, coalesced per turn of the loop (worker.amqp.acks).
+- the *consume* channel: prefetch, manual acks, coalesced per turn of the loop (worker.transport.acks).
   Each delivery remembers the channel generation it came from; an ack for an older generation is
   dropped (that message is redelivered by the broker and answered from the journal), never sent
   with a stale delivery tag.
@@ -34,8 +34,8 @@ from pika.adapters.select_connection import IOLoop
 from pika.exceptions import AMQPError
 from pika.spec import Basic, BasicProperties
 
-from worker.amqp.acks import AckBatcher
-from worker.amqp.topology import Declaration
+from worker.transport.acks import AckBatcher
+from worker.transport.topology import Declaration
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +361,7 @@ class AmqpLink:
             return
         if ack:
             self._acks.ack(delivery.delivery_tag)
-            if not self._ack_flush_scheduled:  # at the end of this turn of the loop (worker.amqp.acks)
+            if not self._ack_flush_scheduled:  # at the end of this turn of the loop (worker.transport.acks)
                 self._ack_flush_scheduled = True
                 self._ioloop.call_later(0, self._flush_acks)
         else:

@@ -1,1 +1,0 @@
-"""The AMQP transport: topology declaration and the link that owns the pika connection."""

@@ -1,0 +1,1 @@
+"""Operator tools: the command line, doctor, and the dead-letter queue."""

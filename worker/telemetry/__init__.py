@@ -1,0 +1,1 @@
+"""Telemetry: Prometheus metrics, the health endpoints and structured logs."""

@@ -1,0 +1,2 @@
+"""The AMQP transport: the link that owns the broker connection, acknowledgements, the topology, and
+publishing results and events."""

@@ -1,0 +1,1 @@
+"""Watching libvirt: pool callbacks, re-listings, capacity alarms and which command caused an event."""
