@@ -24,6 +24,7 @@ from worker.telemetry.metrics import Metrics
 from worker.intake.policy import Policy
 from worker.watch.monitor import Monitor
 from worker.execution.scheduler import Scheduler
+from worker.intake.custody import CustodyTimings
 from worker.intake.service import CommandService
 from worker.virt.gateway import LibvirtGateway, event_loop_thread
 
@@ -70,7 +71,10 @@ class Worker:
                                       scheduler=self.scheduler, runner=runner, owner=self.owner, metrics=self.metrics,
                                       policy=Policy.load(settings.policy_file) if settings.policy_file
                                       else Policy.allow_all(),
-                                      own_after=settings.own_after, resume_limit=settings.delivery_limit)
+                                      timings=CustodyTimings(own_after=settings.own_after,
+                                                             retention=settings.journal_retention,
+                                                             max_rows=settings.journal_max_rows,
+                                                             resume_limit=settings.delivery_limit))
         self.metrics.watch(in_flight=self.service.in_flight, broker_connected=lambda: self.link.is_ready,
                            libvirt_connected=lambda: self.gateway.connected, journal_commands=self.journal.count,
                            events_dropped=lambda: self.link.dropped_events,

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
                                                        "(never past its deadline)")
     own_after: float = Field(60, ge=0, description="seconds a command may hold its delivery unacknowledged "
                                                    "before the journal takes custody of it")
+    journal_retention: float = Field(7 * 86400, gt=0, description="seconds finished commands are kept in the "
+                                                                  "journal (repeats of their ids are answered)")
+    journal_max_rows: int = Field(1_000_000, ge=1000, description="finished commands the journal keeps at most")
     event_buffer: int = Field(10_000, ge=1, description="events kept while the broker is unreachable")
     shutdown_grace: float = Field(30, ge=0, description="seconds in-flight operations get to finish on SIGTERM")
 

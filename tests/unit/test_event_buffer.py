@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pika
 
-from worker.transport.link import AmqpLink, Outgoing
+from worker.transport.link import AmqpLink
+from worker.transport.port import Outgoing
 
 
 def message(name: str, droppable: bool) -> Outgoing:

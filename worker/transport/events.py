@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from messages.events import CONTENT_TYPE, CloudEvent, EventType, WorkerEventData
 from messages.topology import Topology
 from worker.clock import utcnow
-from worker.transport.link import AmqpLink, Outgoing
+from worker.transport.port import Link, Outgoing
 from worker.state.journal import Journal
 from worker.telemetry.metrics import Metrics
 
@@ -42,7 +42,7 @@ class EventPublisher:
     """With a journal, every event is parked in its outbox until the broker confirms it, so events
     survive the process; the outbox keeps at most `buffer` of them (the oldest go first)."""
 
-    def __init__(self, link: AmqpLink, topology: Topology, journal: Journal | None = None, buffer: int = 10_000,
+    def __init__(self, link: Link, topology: Topology, journal: Journal | None = None, buffer: int = 10_000,
                  metrics: Metrics | None = None):
         self._link = link
         self._topology = topology

@@ -26,7 +26,6 @@ import random
 import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pika
@@ -35,35 +34,13 @@ from pika.exceptions import AMQPError
 from pika.spec import Basic, BasicProperties
 
 from worker.transport.acks import AckBatcher
+from worker.transport.port import Delivery, Outgoing
 from worker.transport.topology import Declaration
 
 log = logging.getLogger(__name__)
 
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 30.0
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """A received message, with what is needed to ack it on the channel it came from."""
-
-    generation: int
-    delivery_tag: int
-    redelivered: bool
-    routing_key: str
-    properties: BasicProperties
-    body: bytes
-
-
-@dataclass
-class Outgoing:
-    exchange: str
-    routing_key: str
-    body: bytes
-    properties: BasicProperties
-    on_confirmed: Callable[[], None] | None = None
-    droppable: bool = False  # an event: may be dropped (and counted) when the buffer overflows
-    attempts: int = field(default=0)
 
 
 class TopologyError(RuntimeError):

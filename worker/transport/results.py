@@ -9,7 +9,7 @@ from pika.spec import BasicProperties
 
 from messages.results import Result
 from messages.topology import Topology
-from worker.transport.link import AmqpLink, Delivery, Outgoing
+from worker.transport.port import Delivery, Link, Outgoing
 
 REASON_HEADER = "x-storage-worker-reason"
 
@@ -28,7 +28,7 @@ class _Countdown:
 
 
 class ResultPublisher:
-    def __init__(self, link: AmqpLink, topology: Topology):
+    def __init__(self, link: Link, topology: Topology):
         self._link = link
         self._topology = topology
 
