@@ -8,10 +8,12 @@ import os
 import signal
 import sqlite3
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from messages.events import EventType
 from worker.transport.link import AmqpLink, TopologyError, connection_parameters
+from worker.transport.port import Delivery
 from worker.transport.topology import declarations
 from worker.config import Settings
 from worker.watch.attribution import Attribution
@@ -34,7 +36,9 @@ JOURNAL_FILE = "journal.sqlite3"
 
 
 class Worker:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, make_link: Callable[[Callable[[Delivery], None]], Any] | None = None):
+        """`make_link(on_delivery)` builds the transport instead of the AMQP link (tests run the
+        command path on worker.transport.memory.MemoryLink)."""
         self.settings = settings
         topology = settings.topology
         self.topology = topology
@@ -45,16 +49,7 @@ class Worker:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(settings.state_dir / JOURNAL_FILE)
         self.scheduler = Scheduler(settings.concurrency)
-        parameters = connection_parameters(
-            settings.amqp_url.get_secret_value(), heartbeat=settings.amqp_heartbeat,
-            ca_file=_str(settings.amqp_ca_file), cert_file=_str(settings.amqp_cert_file),
-            key_file=_str(settings.amqp_key_file), name=f"storage-worker {settings.host_id}")
-        self.link = AmqpLink(
-            parameters,
-            declarations(topology, queue_type=settings.queue_type, delivery_limit=settings.delivery_limit,
-                         single_active_consumer=settings.single_active_consumer),
-            queue=topology.command_queue, prefetch=settings.prefetch, on_delivery=self._on_delivery,
-            event_buffer=settings.event_buffer, on_fatal=self._on_fatal)
+        self.link = make_link(self._on_delivery) if make_link is not None else self._amqp_link()
         self.metrics = Metrics()
         self.events = EventPublisher(self.link, topology, self.journal, settings.event_buffer, self.metrics)
         self.inventory = Inventory()
@@ -81,6 +76,19 @@ class Worker:
                            pools=lambda: self.inventory.pools().values())
         self.health = HealthServer(settings.metrics_port, self.metrics.registry, alive=self.dead_threads,
                                    ready=self.unready_parts) if settings.metrics_port else None
+
+    def _amqp_link(self) -> AmqpLink:
+        settings = self.settings
+        parameters = connection_parameters(
+            settings.amqp_url.get_secret_value(), heartbeat=settings.amqp_heartbeat,
+            ca_file=_str(settings.amqp_ca_file), cert_file=_str(settings.amqp_cert_file),
+            key_file=_str(settings.amqp_key_file), name=f"storage-worker {settings.host_id}")
+        return AmqpLink(
+            parameters,
+            declarations(self.topology, queue_type=settings.queue_type, delivery_limit=settings.delivery_limit,
+                         single_active_consumer=settings.single_active_consumer),
+            queue=self.topology.command_queue, prefetch=settings.prefetch, on_delivery=self._on_delivery,
+            event_buffer=settings.event_buffer, on_fatal=self._on_fatal)
 
     def dead_threads(self) -> list[str]:
         """/healthz: every thread the worker needs must be alive."""
