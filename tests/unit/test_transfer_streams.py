@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from worker.handlers.transfers import url_allowed
+from worker.handlers.sources import url_allowed
 from worker.virt.streams import CHUNK, ZERO_BLOCK, HoleGate, Sender, data_extents, file_items, zero_runs
 
 KiB = 2**10

@@ -8,7 +8,6 @@ the blocking libvirt call runs.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -72,29 +71,3 @@ def watched(reporter: ProgressReporter, probe: Callable[[], tuple[int, int] | No
     finally:
         stop.set()
         thread.join()
-
-
-def write_positions(path: str) -> list[int]:
-    """File offsets of every open descriptor on `path` in this machine's processes (libvirtd's own
-    copy or wipe, or the scrub/qemu-img it runs). Readable when libvirt runs on this machine."""
-    positions = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        fd_dir = f"/proc/{pid}/fd"
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"{fd_dir}/{fd}") != path:
-                    continue
-                with open(f"/proc/{pid}/fdinfo/{fd}") as info:
-                    for line in info:
-                        if line.startswith("pos:"):
-                            positions.append(int(line.split()[1]))
-                            break
-            except (OSError, ValueError):
-                continue
-    return positions

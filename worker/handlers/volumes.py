@@ -18,7 +18,8 @@ from messages.payloads import VolumeChange, VolumeDeleted, VolumeList
 from messages.volumes import (VolumeCloneArgs, VolumeCreateArgs, VolumeDeleteArgs, VolumeListArgs,
                               VolumeNameArgs, VolumeResizeArgs, VolumeWipeArgs)
 from worker.errors import conflict, invalid
-from worker.handlers.progress import watched, write_positions
+from worker.handlers.procfs import write_positions
+from worker.handlers.progress import watched
 from worker.handlers.context import Context
 from worker.handlers.registry import handles
 from worker.virt import volume_xml
