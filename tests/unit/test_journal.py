@@ -206,7 +206,7 @@ def test_read_results_stored_later_are_written_by_the_heartbeat_and_on_close(tmp
 
 
 def test_read_results_stored_later_are_written_at_once_when_enough_wait(tmp_path, monkeypatch):
-    monkeypatch.setattr("worker.state.journal.FINISHED_LATER_AT", 3)
+    monkeypatch.setattr("worker.state.deferred.FINISHED_LATER_AT", 3)
     path = tmp_path / "journal.db"
     journal = Journal(path)
     for command_id in ("a", "b"):
@@ -217,7 +217,7 @@ def test_read_results_stored_later_are_written_at_once_when_enough_wait(tmp_path
 
 
 def test_read_results_stored_later_are_written_at_once_when_their_bytes_add_up(tmp_path, monkeypatch):
-    monkeypatch.setattr("worker.state.journal.FINISHED_LATER_BYTES", 1000)
+    monkeypatch.setattr("worker.state.deferred.FINISHED_LATER_BYTES", 1000)
     path = tmp_path / "journal.db"
     journal = Journal(path)
     journal.finish_later("small", "f", result("small", op="volume.info"))

@@ -22,122 +22,15 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from enum import Enum
+from dataclasses import replace
 from pathlib import Path
 
 from messages.results import Result
+from worker.state.deferred import Batch, DeferredWrites
+from worker.state.records import (COLUMNS, FINISH, FINISH_ALL, PUBLISHED_ALL, SCHEMA, UNPARK_ALL, Entry, Parked,
+                                  State, entry_of, finish_parameters)
 
 log = logging.getLogger(__name__)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS commands (
-    id             TEXT PRIMARY KEY,
-    fingerprint    TEXT NOT NULL,
-    op             TEXT,
-    state          TEXT NOT NULL,
-    result         TEXT,
-    published      INTEGER NOT NULL DEFAULT 0,
-    body           BLOB,
-    reply_to       TEXT,
-    correlation_id TEXT,
-    owner          TEXT,
-    resumes        INTEGER NOT NULL DEFAULT 0,
-    received_at    REAL NOT NULL,
-    updated_at     REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS commands_updated ON commands(updated_at);
-CREATE INDEX IF NOT EXISTS commands_open ON commands(state, published);
-CREATE TABLE IF NOT EXISTS owners (
-    owner     TEXT PRIMARY KEY,
-    hostname  TEXT NOT NULL,
-    pid       INTEGER NOT NULL,
-    heartbeat REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS dead_lettered (
-    key TEXT PRIMARY KEY,
-    at  REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    exchange    TEXT NOT NULL,
-    routing_key TEXT NOT NULL,
-    body        BLOB NOT NULL,
-    headers     TEXT NOT NULL,
-    created     REAL NOT NULL
-);
-"""
-
-
-class State(str, Enum):
-    received = "received"
-    running = "running"
-    finished = "finished"
-
-
-@dataclass(frozen=True)
-class Entry:
-    id: str
-    fingerprint: str
-    op: str | None
-    state: State
-    result: Result | None
-    published: bool
-    reply_to: str | None = None
-    correlation_id: str | None = None
-    owner: str | None = None
-    body: bytes | None = None
-    resumes: int = 0
-
-
-@dataclass(frozen=True)
-class Parked:
-    """An event waiting in the outbox for the broker."""
-
-    seq: int
-    exchange: str
-    routing_key: str
-    body: bytes
-    headers: str
-
-
-_COLUMNS = "id, fingerprint, op, state, result, published, reply_to, correlation_id, owner, body, resumes"
-
-# A terminal result; the row exists already unless the command was rejected before being received
-# (or is a read, written only with its result).
-_FINISH = ("INSERT INTO commands (id, fingerprint, op, state, result, received_at, updated_at) "
-           "VALUES (?, ?, ?, 'finished', ?, ?, ?) "
-           "ON CONFLICT(id) DO UPDATE SET state = 'finished', result = excluded.result, body = NULL, "
-           "updated_at = excluded.updated_at")
-
-# Deferred read results that make the next caller write them at once: this many, or this many
-# bytes of results (a volume.list of a large pool is megabytes).
-FINISHED_LATER_AT = 64
-FINISHED_LATER_BYTES = 4 * 2**20
-
-# The deferred writes, each as one statement over a JSON array of rows. One statement, not one per
-# row (executemany): Python gives up the GIL for every statement SQLite steps, and with a dozen busy
-# threads taking it back can take milliseconds each time — all while the journal's lock is held.
-_FINISH_ALL = ("INSERT INTO commands (id, fingerprint, op, state, result, received_at, updated_at) "
-               "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), "
-               "'finished', json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]') "
-               "FROM json_each(?) WHERE true "
-               "ON CONFLICT(id) DO UPDATE SET state = 'finished', result = excluded.result, body = NULL, "
-               "updated_at = excluded.updated_at")
-_PUBLISHED_ALL = "UPDATE commands SET published = 1 WHERE id IN (SELECT value FROM json_each(?))"
-_UNPARK_ALL = "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?))"
-
-
-def _finish_parameters(command_id: str, fingerprint: str, result: Result, body: str | None) -> tuple:
-    now = time.time()
-    return command_id, fingerprint, result.op, body or result.model_dump_json(), now, now
-
-
-def _entry(row: tuple) -> Entry:
-    return Entry(id=row[0], fingerprint=row[1], op=row[2], state=State(row[3]),
-                 result=Result.model_validate_json(row[4]) if row[4] else None, published=bool(row[5]),
-                 reply_to=row[6], correlation_id=row[7], owner=row[8], body=row[9], resumes=row[10])
-
 
 # SQLite's primary result codes for a journal that cannot be written now, for reasons outside the
 # worker: full disk, read-only file system, I/O errors, a lock held past the busy timeout.
@@ -168,20 +61,13 @@ class Journal:
             # disk busy with a transfer that can take long enough to stall every command behind the
             # journal's lock. `checkpoint()` does it from the custody thread instead.
             self._db.execute("PRAGMA wal_autocheckpoint=0")
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(SCHEMA)
         self._checkpointer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
         # Writes deferred to the journal's next write (a result stored, an event parked, the next
-        # heartbeat); read through these they are written already. What the broker confirmed:
-        # results whose `published` flag is to be set and parked events to delete (confirms arrive
-        # on the AMQP I/O thread, which should not wait for the disk). And results of reads (see
-        # `finish_later`), by command id.
-        self._confirmed: set[str] = set()
-        self._unparked: set[int] = set()
-        self._finished_later: dict[str, tuple] = {}  # command id -> _FINISH parameters (the result as JSON)
-        self._finished_later_bytes = 0
-        self._deferred_lock = threading.Lock()
+        # heartbeat); read through these they are written already.
+        self._deferred = DeferredWrites()
 
     @property
     def unwritable(self) -> str | None:
@@ -251,24 +137,21 @@ class Journal:
 
     def get(self, command_id: str) -> Entry | None:
         with self._lock:
-            with self._deferred_lock:
-                later = self._finished_later.get(command_id)
-                confirmed = command_id in self._confirmed
+            later, confirmed = self._deferred.read(command_id)
             row = None if later is not None else \
-                self._db.execute(f"SELECT {_COLUMNS} FROM commands WHERE id = ?", (command_id,)).fetchone()
+                self._db.execute(f"SELECT {COLUMNS} FROM commands WHERE id = ?", (command_id,)).fetchone()
         if later is not None:
             entry = Entry(id=later[0], fingerprint=later[1], op=later[2], state=State.finished,
                           result=Result.model_validate_json(later[3]), published=False)
         elif row is None:
             return None
         else:
-            entry = _entry(row)
+            entry = entry_of(row)
         return replace(entry, published=True) if confirmed else entry
 
     def known(self, command_id: str) -> bool:
-        with self._deferred_lock:
-            if command_id in self._finished_later:
-                return True
+        if self._deferred.holds_result(command_id):
+            return True
         return self._run("SELECT 1 FROM commands WHERE id = ?", (command_id,)).fetchone() is not None
 
     def receive(self, command_id: str, fingerprint: str, op: str | None, *, body: bytes | None = None,
@@ -292,22 +175,17 @@ class Journal:
     def finish(self, command_id: str, fingerprint: str, result: Result, body: str | None = None) -> None:
         """Store the terminal result (inserting the row for commands rejected before being received);
         `body` is the result's JSON when the caller has it already."""
-        self._with_deferred(_FINISH, _finish_parameters(command_id, fingerprint, result, body))
+        self._with_deferred(FINISH, finish_parameters(command_id, fingerprint, result, body))
 
     def finish_later(self, command_id: str, fingerprint: str, result: Result, body: str | None = None) -> None:
-        """Store the result of a read with the next heartbeat (or at once when FINISHED_LATER_AT
-        results or FINISHED_LATER_BYTES wait): until then it is read from memory. A read has no
+        """Store the result of a read with the next heartbeat (or at once when enough wait:
+        worker/state/deferred.py): until then it is read from memory. A read has no
         side effect, so a process killed before the write loses nothing a new run cannot give: the
         broker redelivers the read (its result was not confirmed yet, or the ack was lost with the
         process) and it runs again. What it saves is a transaction per read. Other writes (results
         of other commands, events) do not carry these: an event would wait for their rows."""
-        parameters = _finish_parameters(command_id, fingerprint, result, body)  # kept as JSON: a list is big
-        with self._deferred_lock:
-            self._finished_later[command_id] = parameters
-            self._finished_later_bytes += len(parameters[3])
-            full = (len(self._finished_later) >= FINISHED_LATER_AT
-                    or self._finished_later_bytes >= FINISHED_LATER_BYTES)
-        if full:
+        parameters = finish_parameters(command_id, fingerprint, result, body)  # kept as JSON: a list is big
+        if self._deferred.finish_later(command_id, parameters):
             self._with_deferred(results=True)
 
     def _with_deferred(self, sql: str | None = None, parameters: tuple = (), *,
@@ -320,54 +198,33 @@ class Journal:
                          results: bool = True) -> sqlite3.Cursor | None:
         """Under the lock: `_with_deferred`. On failure the deferred writes wait for the next one."""
         self._db.execute("BEGIN")
-        deferred = self._take_deferred(results)
+        batch = self._deferred.take(results)
         try:
-            self._write_deferred(*deferred)
+            self._write_deferred(batch)
             cursor = None if sql is None else self._db.execute(sql, parameters)
             self._db.execute("COMMIT")
             return cursor
         except BaseException:
             if self._db.in_transaction:  # SQLite rolled back already after some errors (a full disk)
                 self._db.execute("ROLLBACK")
-            confirmed, unparked, finished_later = deferred
-            with self._deferred_lock:
-                self._confirmed |= confirmed
-                self._unparked |= unparked
-                self._finished_later = {**finished_later, **self._finished_later}
-                self._finished_later_bytes += sum(len(row[3]) for row in finished_later.values())
+            self._deferred.put_back(batch)
             raise
 
     def mark_published(self, command_id: str) -> None:
         """The broker confirmed the command's result. The flag is written with the journal's next write
         (at the latest the next heartbeat; for a read, with its result); a process killed before that
         publishes the result again at restart (an identical copy, which consumers drop by id)."""
-        with self._deferred_lock:
-            self._confirmed.add(command_id)
+        self._deferred.confirmed(command_id)
 
-    def _take_deferred(self, results: bool) -> tuple[set[str], set[int], dict[str, tuple]]:
-        """What to write now. Without the results of reads, their confirmed flags stay behind too:
-        the rows they would set are not written yet."""
-        with self._deferred_lock:
-            if results:
-                taken = self._confirmed, self._unparked, self._finished_later
-                self._confirmed, self._unparked, self._finished_later = set(), set(), {}
-                self._finished_later_bytes = 0
-                return taken
-            confirmed = {i for i in self._confirmed if i not in self._finished_later}
-            self._confirmed -= confirmed
-            unparked, self._unparked = self._unparked, set()
-        return confirmed, unparked, {}
-
-    def _write_deferred(self, confirmed: set[str], unparked: set[int],
-                        finished_later: dict[str, tuple]) -> None:
+    def _write_deferred(self, batch: Batch) -> None:
         """Under the lock: store deferred results, then set the flags of confirmed results (some
         may be of those results), delete confirmed events."""
-        if finished_later:
-            self._db.execute(_FINISH_ALL, (json.dumps(list(finished_later.values())),))
-        if confirmed:
-            self._db.execute(_PUBLISHED_ALL, (json.dumps(list(confirmed)),))
-        if unparked:
-            self._db.execute(_UNPARK_ALL, (json.dumps(list(unparked)),))
+        if batch.finished_later:
+            self._db.execute(FINISH_ALL, (json.dumps(list(batch.finished_later.values())),))
+        if batch.confirmed:
+            self._db.execute(PUBLISHED_ALL, (json.dumps(list(batch.confirmed)),))
+        if batch.unparked:
+            self._db.execute(UNPARK_ALL, (json.dumps(list(batch.unparked)),))
 
     def orphans(self, me: str, stale_after: float) -> list[Entry]:
         """What the journal holds for an owner that is gone (its heartbeat is older than
@@ -375,7 +232,7 @@ class Journal:
         commands, and finished ones whose result the broker never confirmed."""
         cutoff = time.time() - stale_after
         rows = self._run(
-            f"SELECT {', '.join('c.' + c for c in _COLUMNS.split(', '))}, o.hostname, o.pid, o.heartbeat "
+            f"SELECT {', '.join('c.' + c for c in COLUMNS.split(', '))}, o.hostname, o.pid, o.heartbeat "
             "FROM commands c LEFT JOIN owners o ON o.owner = c.owner "
             "WHERE (c.state != 'finished' OR c.published = 0) AND c.owner IS NOT NULL AND c.owner != ?",
             (me,)).fetchall()
@@ -385,7 +242,7 @@ class Journal:
             hostname, pid, heartbeat = row[-3:]
             gone = heartbeat is None or heartbeat < cutoff or (hostname == here and not process_alive(pid))
             if gone:
-                found.append(_entry(row[:-3]))
+                found.append(entry_of(row[:-3]))
         return found
 
     def take_over(self, command_id: str, old_owner: str, new_owner: str) -> bool:
@@ -410,8 +267,7 @@ class Journal:
         connection of their own (a reader in WAL mode holds up no writer): at a million rows the
         count takes about 10 ms, which every metrics scrape would otherwise add to the commands'
         journal writes."""
-        with self._deferred_lock:
-            waiting = len(self._finished_later)
+        waiting = self._deferred.results_waiting()
         return waiting + self._rows()
 
     def _rows(self) -> int:
@@ -456,17 +312,15 @@ class Journal:
             (exchange, routing_key, body, headers, time.time())).lastrowid
 
     def unpark(self, seqs: list[int]) -> None:
-        """The broker confirmed these events: deleted with the next write (see `_confirmed`). A
+        """The broker confirmed these events: deleted with the next write (see worker/state/deferred.py). A
         process killed before that publishes them again at restart (same id and sequence)."""
-        with self._deferred_lock:
-            self._unparked.update(seqs)
+        self._deferred.unparked(seqs)
 
     def parked(self) -> list[Parked]:
         with self._lock:
             rows = self._db.execute("SELECT seq, exchange, routing_key, body, headers FROM outbox ORDER BY seq") \
                 .fetchall()
-            with self._deferred_lock:
-                gone = set(self._unparked)
+            gone = self._deferred.events_confirmed()
         return [Parked(*row) for row in rows if row[0] not in gone]
 
     def trim_parked(self, keep_at_most: int) -> int:
