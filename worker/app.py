@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from messages.events import EventType
-from worker.transport.link import AmqpLink, TopologyError, connection_parameters
+from worker.transport.link import AmqpLink, TopologyError
+from worker.transport.parameters import connection_parameters
 from worker.transport.port import Delivery
 from worker.transport.topology import declarations
 from worker.config import Settings

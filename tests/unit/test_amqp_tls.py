@@ -8,7 +8,7 @@ import ssl
 import pytest
 
 from tests.integration.tls import issue, make_ca
-from worker.transport.link import connection_parameters
+from worker.transport.parameters import connection_parameters
 
 PASSWORD = "Pw-unit-9f3c1e"
 
@@ -48,7 +48,7 @@ def test_a_key_without_a_certificate_is_refused(tmp_path):
 
 
 def test_tls_settings_with_a_plain_url_are_logged_as_ignored(caplog):
-    caplog.set_level(logging.WARNING, logger="worker.transport.link")
+    caplog.set_level(logging.WARNING, logger="worker.transport.parameters")
     parameters = connection_parameters("amqp://localhost/%2F", heartbeat=30, ca_file="/etc/ca.pem")
     assert parameters.ssl_options is None
     assert any("TLS settings ignored" in r.getMessage() and r.settings == ["amqp_ca_file"] for r in caplog.records)

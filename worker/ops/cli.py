@@ -168,7 +168,7 @@ def cmd_dead(ns: argparse.Namespace) -> int:
     from worker.ops.deadletters import DeadLetters
 
     settings = _load(ns)
-    from worker.transport.link import connection_parameters
+    from worker.transport.parameters import connection_parameters
 
     parameters = connection_parameters(settings.amqp_url.get_secret_value(), heartbeat=settings.amqp_heartbeat,
                                        ca_file=_path(settings.amqp_ca_file), cert_file=_path(settings.amqp_cert_file),

@@ -13,17 +13,16 @@ Two channels per connection:
   with a stale delivery tag.
 
 Events wait in a buffer of their own while no channel is open; it is bounded, and events dropped
-beyond the bound (oldest first) are counted and logged. Results are never dropped.
+beyond the bound (oldest first) are counted and logged. Results are never dropped
+(worker/transport/outbox.py).
 
 The link reconnects with jittered exponential backoff and re-declares the topology every time.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import random
-import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +33,8 @@ from pika.exceptions import AMQPError
 from pika.spec import Basic, BasicProperties
 
 from worker.transport.acks import AckBatcher
+from worker.transport.outbox import Outbox
+from worker.transport.parameters import where
 from worker.transport.port import Delivery, Outgoing
 from worker.transport.topology import Declaration
 
@@ -71,12 +72,7 @@ class AmqpLink:
         self._generation = 0
         self._acks = AckBatcher()
         self._ack_flush_scheduled = False
-        self._next_tag = 0
-        self._unconfirmed: "collections.OrderedDict[int, Outgoing]" = collections.OrderedDict()
-        self._outbox: collections.deque[Outgoing] = collections.deque()
-        self._event_outbox: collections.deque[Outgoing] = collections.deque()
-        self._event_buffer = event_buffer
-        self.dropped_events = 0
+        self._outbox = Outbox(event_buffer)
         self._backoff = RECONNECT_MIN
         self._stopping = False
         self._ready = threading.Event()
@@ -121,7 +117,11 @@ class AmqpLink:
         self.call_soon(self._cancel_consumer)
 
     def pending_publishes(self) -> int:
-        return len(self._unconfirmed) + len(self._outbox) + len(self._event_outbox)
+        return len(self._outbox)
+
+    @property
+    def dropped_events(self) -> int:
+        return self._outbox.dropped_events
 
     def close(self, timeout: float = 10.0) -> None:
         """Close after pending publishes are confirmed (or `timeout` passes); stops the thread."""
@@ -140,7 +140,7 @@ class AmqpLink:
     def _connect(self) -> None:
         if self._stopping:
             return
-        log.info("connecting to the broker", extra={"broker": _where(self._parameters)})
+        log.info("connecting to the broker", extra={"broker": where(self._parameters)})
         self._connection = pika.SelectConnection(
             self._parameters, on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_closed, custom_ioloop=self._ioloop)
@@ -179,12 +179,7 @@ class AmqpLink:
         self._consume_channel = None
         self._consumer_tag = None
         self._new_generation()
-        if self._unconfirmed:
-            waiting = list(self._unconfirmed.values())
-            self._unconfirmed.clear()
-            self._event_outbox.extendleft(reversed([m for m in waiting if m.droppable]))
-            self._outbox.extendleft(reversed([m for m in waiting if not m.droppable]))
-            self._trim_events()
+        self._outbox.take_back_unconfirmed()
         if was_ready and self._on_disconnected is not None:
             self._on_disconnected(reason)
 
@@ -200,7 +195,7 @@ class AmqpLink:
 
     def _on_publish_channel_open(self, channel: Any) -> None:
         self._publish_channel = channel
-        self._next_tag = 0
+        self._outbox.new_channel()
         channel.add_on_close_callback(self._on_publish_channel_closed)
         channel.confirm_delivery(self._on_confirm, callback=lambda _frame: self._declare(list(self._declarations)))
 
@@ -229,11 +224,7 @@ class AmqpLink:
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         tag, multiple = method.delivery_tag, method.multiple
-        settled = [t for t in self._unconfirmed if t <= tag] if multiple else [tag]
-        for item_tag in settled:
-            item = self._unconfirmed.pop(item_tag, None)
-            if item is None:
-                continue
+        for item in self._outbox.confirmed(tag, multiple):
             if isinstance(method, Basic.Ack):
                 if item.on_confirmed is not None:
                     item.on_confirmed()
@@ -257,31 +248,13 @@ class AmqpLink:
             log.warning("publish failed; queued for the next connection", extra={"error": repr(exc)})
             self._wait(message)
             return
-        message.attempts += 1
-        self._next_tag += 1
-        self._unconfirmed[self._next_tag] = message
+        self._outbox.sent(message)
 
     def _wait(self, message: Outgoing) -> None:
-        if message.droppable:
-            self._event_outbox.append(message)
-            self._trim_events()
-        else:
-            self._outbox.append(message)
-
-    def _trim_events(self) -> None:
-        while len(self._event_outbox) > self._event_buffer:
-            self._event_outbox.popleft()
-            self.dropped_events += 1
-            if self.dropped_events == 1 or self.dropped_events % 1000 == 0:
-                log.warning("event buffer full while the broker is unreachable; dropping the oldest events",
-                            extra={"dropped_total": self.dropped_events, "buffer": self._event_buffer})
+        self._outbox.wait(message)
 
     def _flush_outbox(self) -> None:
-        """Results first, then events oldest first (their sequence order)."""
-        waiting = list(self._outbox) + list(self._event_outbox)
-        self._outbox.clear()
-        self._event_outbox.clear()
-        for message in waiting:
+        for message in self._outbox.take_waiting():
             self._publish(message)
 
     # ---- consume channel ----------------------------------------------------------------------
@@ -379,48 +352,3 @@ class AmqpLink:
             self._connection.close()
         elif self._connection is None:
             self._ioloop.stop()
-
-
-def _where(parameters: pika.ConnectionParameters) -> str:
-    return f"{parameters.host}:{parameters.port}{parameters.virtual_host and '/' + parameters.virtual_host}"
-
-
-def connection_parameters(url: str, *, heartbeat: int, ca_file: str | None = None,
-                          cert_file: str | None = None, key_file: str | None = None,
-                          name: str = "storage-worker") -> pika.URLParameters:
-    """pika parameters for `url`. With amqps:// the broker's certificate is verified against
-    `ca_file` (the system's CAs when None) and its name against the URL's host; `cert_file` (with
-    `key_file`, unless the key is in the same file) is the client certificate offered to the broker.
-
-    A TLS file that cannot be loaded raises ValueError naming the setting and the file, at once
-    rather than as a reconnect loop; TLS settings given with a plain amqp:// URL are logged as
-    ignored. The URL's credentials never appear in what is raised or logged."""
-    parameters = pika.URLParameters(url)
-    parameters.heartbeat = heartbeat
-    parameters.blocked_connection_timeout = 300
-    parameters.client_properties = {"connection_name": name}
-    tls_settings = {"amqp_ca_file": ca_file, "amqp_cert_file": cert_file, "amqp_key_file": key_file}
-    if parameters.ssl_options is None:  # amqp:// (pika reads the scheme case-insensitively)
-        ignored = sorted(setting for setting, value in tls_settings.items() if value)
-        if ignored:
-            log.warning("TLS settings ignored: the AMQP URL is not amqps://", extra={"settings": ignored})
-        return parameters
-    if key_file and not cert_file:
-        raise ValueError("amqp_key_file is set without amqp_cert_file (the client certificate)")
-    try:
-        context = ssl.create_default_context(cafile=ca_file)
-    except (OSError, ssl.SSLError) as error:
-        what = f"amqp_ca_file {ca_file!r}" if ca_file else "the system's CA certificates"
-        raise ValueError(f"cannot load {what} for AMQP over TLS: {error}") from None
-    if cert_file:
-        try:
-            context.load_cert_chain(cert_file, key_file)
-        except (OSError, ssl.SSLError) as error:
-            raise ValueError(f"cannot load the client certificate amqp_cert_file {cert_file!r}"
-                             f"{f' / amqp_key_file {key_file!r}' if key_file else ''} for AMQP over TLS: "
-                             f"{error}") from None
-    parameters.ssl_options = pika.SSLOptions(context, server_hostname=parameters.host)
-    log.info("the broker connection uses TLS",
-             extra={"broker": _where(parameters), "ca_file": ca_file or "system default",
-                    "client_certificate": cert_file})
-    return parameters

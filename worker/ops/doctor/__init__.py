@@ -216,7 +216,7 @@ def classify_broker_error(error: BaseException) -> str:
 
 def _broker_parameters(settings: Any, url: str):
     """The worker's own connection parameters (TLS included), with short timeouts and one attempt."""
-    from worker.transport.link import connection_parameters
+    from worker.transport.parameters import connection_parameters
 
     parameters = connection_parameters(url, heartbeat=settings.amqp_heartbeat,
                                        ca_file=_str(settings.amqp_ca_file),
