@@ -73,7 +73,11 @@ ensure_kvm_device_group() {
 # A libvirtd started before a storage driver package was installed has not loaded that backend: its
 # pool capabilities say supported='no' for the type.
 iscsi_direct_loaded() {
-    virsh -q -c qemu:///system pool-capabilities 2>/dev/null | grep -q "type='iscsi-direct' supported='yes'"
+    # The output is read whole before it is searched: `virsh … | grep -q` under pipefail fails at
+    # random (grep exits at the first match and virsh dies of SIGPIPE), which restarted libvirtd.
+    local capabilities
+    capabilities=$(virsh -q -c qemu:///system pool-capabilities 2>/dev/null) || return 1
+    [[ "$capabilities" == *"type='iscsi-direct' supported='yes'"* ]]
 }
 
 start_libvirtd() {
