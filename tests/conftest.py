@@ -32,7 +32,7 @@ def unique(prefix: str = "t") -> str:
 def libvirt_conn():
     import libvirt
 
-    from worker.virt.gateway import ensure_event_loop
+    from worker.virt.event_loop import ensure_event_loop
 
     ensure_event_loop()
     try:

@@ -29,7 +29,8 @@ from worker.watch.monitor import Monitor
 from worker.execution.scheduler import Scheduler
 from worker.intake.custody import CustodyTimings
 from worker.intake.service import CommandService
-from worker.virt.gateway import LibvirtGateway, event_loop_thread
+from worker.virt.event_loop import event_loop_thread
+from worker.virt.gateway import LibvirtGateway
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import threading
 import libvirt
 
 from worker.virt.event_loop import glib_main_loop
-from worker.virt.gateway import ensure_event_loop, event_loop_thread
+from worker.virt.event_loop import ensure_event_loop, event_loop_thread
 
 
 def test_this_libvirt_event_loop_is_run_by_glib():

@@ -117,7 +117,8 @@ def test_a_thread_never_opens_a_connection_itself_and_gives_up_after_the_open_wa
     """libvirt's open has no timeout: against a libvirtd that answers nothing it never returns. A
     thread that needs a new connection while the main one still looks alive asks the opener and is
     told `unavailable` after OPEN_WAIT, instead of hanging with its command."""
-    from worker.virt import gateway as module
+    from worker.virt import connections
+    from worker.virt import gateway as gateway_module
 
     gateway = LibvirtGateway("test:///default", spares=1)
     gateway.start()
@@ -125,15 +126,15 @@ def test_a_thread_never_opens_a_connection_itself_and_gives_up_after_the_open_wa
     gateway.connection()  # this thread takes the only spare
     hung = threading.Event()
     opened_by: list[str] = []
-    real_open = module.libvirt.open
+    real_open = connections.libvirt.open
 
     def open_that_hangs(uri):
         opened_by.append(threading.current_thread().name)
         hung.wait(30)
         return real_open(uri)
 
-    monkeypatch.setattr(module.libvirt, "open", open_that_hangs)
-    monkeypatch.setattr(module, "OPEN_WAIT", 0.5)
+    monkeypatch.setattr(connections.libvirt, "open", open_that_hangs)
+    monkeypatch.setattr(gateway_module, "OPEN_WAIT", 0.5)
     with pytest.raises(OperationError) as refused:
         in_thread(gateway.connection)
     assert refused.value.code is ErrorCode.unavailable and refused.value.retryable

@@ -10,7 +10,8 @@ close, keepalive) actually runs. Measured with volume.info pipelined through the
 1 100 -> 1 300 commands/s on 2 cores.
 
 Where libvirt is older than its GLib implementation (before 7.0) or GLib cannot be loaded, the
-Python loop is used.
+Python loop is used. The loop that keepalive, the close callback and the pool callbacks need is
+registered once per process, before the first connection opens (`ensure_event_loop`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import threading
 from collections.abc import Callable
 
 import libvirt
@@ -55,3 +57,32 @@ def run_forever() -> None:
     log.info("running libvirt's event loop from Python")
     while True:
         libvirt.virEventRunDefaultImpl()
+
+
+_event_loop_lock = threading.Lock()
+_event_loop_started = False
+_event_loop_thread: threading.Thread | None = None
+
+
+def _silence_default_error_printing() -> None:
+    # libvirt prints every error to stderr unless a handler is registered; errors reach us as exceptions.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+def ensure_event_loop() -> None:
+    """Register libvirt's default event implementation and run it on a daemon thread, once per process."""
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        _silence_default_error_printing()
+        libvirt.virEventRegisterDefaultImpl()
+
+        global _event_loop_thread
+        _event_loop_thread = threading.Thread(target=run_forever, name="libvirt-events", daemon=True)
+        _event_loop_thread.start()
+        _event_loop_started = True
+
+
+def event_loop_thread() -> threading.Thread | None:
+    return _event_loop_thread

@@ -32,50 +32,17 @@ import libvirt
 from messages.results import ErrorCode
 from worker.errors import OperationError
 from worker.virt.describe import pool_type
-from worker.virt.errors import details
-from worker.virt.event_loop import run_forever
+from worker.virt.connections import alive, close_in_background, open_connection
 from worker.virt.handles import VolumeHandles
 
 log = logging.getLogger(__name__)
-
-KEEPALIVE_INTERVAL = 5
-KEEPALIVE_COUNT = 3
-
-_event_loop_lock = threading.Lock()
-_event_loop_started = False
-_event_loop_thread: threading.Thread | None = None
-
-
-def _silence_default_error_printing() -> None:
-    # libvirt prints every error to stderr unless a handler is registered; errors reach us as exceptions.
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-
-
-def ensure_event_loop() -> None:
-    """Register libvirt's default event implementation and run it on a daemon thread, once per process."""
-    global _event_loop_started
-    with _event_loop_lock:
-        if _event_loop_started:
-            return
-        _silence_default_error_printing()
-        libvirt.virEventRegisterDefaultImpl()
-
-        global _event_loop_thread
-        _event_loop_thread = threading.Thread(target=run_forever, name="libvirt-events", daemon=True)
-        _event_loop_thread.start()
-        _event_loop_started = True
-
-
-def event_loop_thread() -> threading.Thread | None:
-    return _event_loop_thread
-
 
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 30.0
 CLOSE_PATIENCE = 5.0  # seconds close() waits for libvirtd to acknowledge
 # Seconds a thread waits for the opener to hand it a new connection. A healthy libvirtd opens one in
-# milliseconds; a silent one is found out by the main connection's keepalive within about
-# KEEPALIVE_INTERVAL * (KEEPALIVE_COUNT + 1) seconds.
+# milliseconds; a silent one is found out by the main connection's keepalive within about 20 s
+# (worker/virt/connections.py).
 OPEN_WAIT = 10.0
 
 
@@ -235,19 +202,19 @@ class LibvirtGateway:
     def is_alive(self) -> bool:
         """Whether the calling thread's connection (or, before it has one, the main one) is alive."""
         session: _Session | None = getattr(self._local, "session", None)
-        return _alive(session.conn if session is not None else self._conn)
+        return alive(session.conn if session is not None else self._conn)
 
     def invalidate(self, reason: str) -> None:
         """Forget the calling thread's connection and the main one if they are dead, so that the
         next call opens new ones."""
         session: _Session | None = getattr(self._local, "session", None)
-        if session is not None and not _alive(session.conn):
+        if session is not None and not alive(session.conn):
             self._local.session = None
             with self._lock:
                 self._sessions.discard(session)
         with self._lock:
             conn = self._conn
-            if conn is not None and not _alive(conn):
+            if conn is not None and not alive(conn):
                 self._drop(conn, reason)
 
     def close(self, patience: float = CLOSE_PATIENCE) -> None:
@@ -260,27 +227,15 @@ class LibvirtGateway:
             conn, self._conn = self._conn, None
             sessions, self._sessions = list(self._sessions), weakref.WeakSet()
             spares, self._spares = self._spares, []
-        closer = _close_in_background([session.conn for session in sessions] + spares, main=conn)
+        closer = close_in_background([session.conn for session in sessions] + spares, main=conn)
         closer.join(patience)
         if closer.is_alive():
             log.warning("libvirt did not answer while its connections were closed; leaving them",
                         extra={"uri": self.uri, "waited_s": patience})
 
     def _connect(self) -> libvirt.virConnect:
-        """A new connection with keepalive (a libvirtd that stops answering is noticed). Called on
-        the opener thread only."""
-        ensure_event_loop()
-        try:
-            conn = libvirt.open(self.uri)
-        except libvirt.libvirtError as exc:
-            raise OperationError(ErrorCode.unavailable,
-                                 f"cannot connect to libvirt at {self.uri}: {details(exc).message}",
-                                 retryable=True, libvirt=details(exc)) from None
-        try:
-            conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
-        except libvirt.libvirtError:
-            log.debug("keepalive not supported by %s", self.uri)
-        return conn
+        """A new connection (on the opener thread only)."""
+        return open_connection(self.uri)
 
     def _open(self) -> None:
         """Open the main connection and the spares (outside the lock: libvirt may take its time, or
@@ -293,7 +248,7 @@ class LibvirtGateway:
             for _ in range(self._spare_count):
                 opened.append(self._connect())
         except BaseException:
-            _close_in_background(opened[1:], main=opened[0] if opened else None)
+            close_in_background(opened[1:], main=opened[0] if opened else None)
             raise
         with self._lock:
             closed = self._closed
@@ -301,7 +256,7 @@ class LibvirtGateway:
                 self._conn, self._spares = conn, opened[1:]
                 self._changed.notify_all()
         if closed:
-            _close_in_background(opened[1:], main=conn)
+            close_in_background(opened[1:], main=conn)
             return
         log.info("connected to libvirt", extra={"uri": self.uri})
         if self._on_connect is not None:
@@ -331,7 +286,7 @@ class LibvirtGateway:
         self._sessions = weakref.WeakSet()
         spares, self._spares = self._spares, []
         if spares:
-            _close_in_background(spares)
+            close_in_background(spares)
         self._pool_types.clear()
         self._connected.clear()
         log.warning("lost the connection to libvirt", extra={"uri": self.uri, "reason": reason})
@@ -377,34 +332,4 @@ class LibvirtGateway:
                 self._spares.append(conn)
                 self._changed.notify_all()
         if not current:
-            _close_in_background([conn])
-
-
-def _close_in_background(conns: list[libvirt.virConnect], main: libvirt.virConnect | None = None) -> threading.Thread:
-    """Close connections on a thread of its own (returned): closing asks libvirtd, which may not
-    answer. `main` loses its close callback first."""
-
-    def close_all() -> None:
-        if main is not None:
-            try:
-                main.unregisterCloseCallback()
-            except libvirt.libvirtError:
-                pass
-        for conn in [*conns, *([] if main is None else [main])]:
-            try:
-                conn.close()
-            except libvirt.libvirtError:
-                pass
-
-    closer = threading.Thread(target=close_all, name="libvirt-close", daemon=True)
-    closer.start()
-    return closer
-
-
-def _alive(conn: libvirt.virConnect | None) -> bool:
-    if conn is None:
-        return False
-    try:
-        return bool(conn.isAlive())
-    except libvirt.libvirtError:
-        return False
+            close_in_background([conn])
