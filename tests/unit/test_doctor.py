@@ -13,9 +13,19 @@ import ssl
 import pika.exceptions as pe
 import pytest
 
-from worker.ops import doctor as d
 from worker.config import Settings
-from worker.ops.doctor import ABSENT, Check, Context, Difference, Status
+from worker.ops import doctor
+from worker.ops.doctor.broker import classify_broker_error, set_permissions_command
+from worker.ops.doctor.context import Context
+from worker.ops.doctor.exchanges import check_exchanges
+from worker.ops.doctor.inequivalent import ABSENT, parse_inequivalent
+from worker.ops.doctor.libvirtd import check_pool_types, libvirt_fix
+from worker.ops.doctor.local import JOURNAL_FILE, check_allowed_roots, check_journal, check_policy, check_state_dir
+from worker.ops.doctor.masking import mask_url, scrub, url_secrets
+from worker.ops.doctor.permissions import check_permissions
+from worker.ops.doctor.queues import Difference, check_command_queue, check_dead_queue, difference_text, queue_fix
+from worker.ops.doctor.report import (Check, Status, exit_code, fail, format_json, format_line, format_report, ok,
+                                      skip, warn)
 
 
 @pytest.fixture(autouse=True)
@@ -43,19 +53,19 @@ def settings(tmp_path, **overrides) -> Settings:
     ("amqp://[::1", "<unparsable URL>"),
 ])
 def test_mask_url(url, shown):
-    assert d.mask_url(url) == shown
+    assert mask_url(url) == shown
 
 
 def test_url_secrets_raw_and_decoded():
-    assert set(d.url_secrets("amqp://worker:s3cr%40t@host/")) == {"s3cr@t", "s3cr%40t"}
-    assert d.url_secrets("amqp://worker@host/") == []
+    assert set(url_secrets("amqp://worker:s3cr%40t@host/")) == {"s3cr@t", "s3cr%40t"}
+    assert url_secrets("amqp://worker@host/") == []
     # guest/guest is no secret; scrubbing it would hide the user name
-    assert d.url_secrets("amqp://guest:guest@host/") == []
+    assert url_secrets("amqp://guest:guest@host/") == []
 
 
 def test_scrub():
-    assert d.scrub("login as bob with hunter2 failed", ["hunter2"]) == "login as bob with *** failed"
-    assert d.scrub("nothing", ["", "x" * 3]) == "nothing"
+    assert scrub("login as bob with hunter2 failed", ["hunter2"]) == "login as bob with *** failed"
+    assert scrub("nothing", ["", "x" * 3]) == "nothing"
 
 
 def test_a_broken_check_reports_without_the_password(tmp_path):
@@ -63,7 +73,7 @@ def test_a_broken_check_reports_without_the_password(tmp_path):
         raise RuntimeError(f"boom while using {ctx.url}")
 
     s = settings(tmp_path, amqp_url="amqp://worker:TopSecret1@host/")
-    [result] = d.run_checks(s, [leaky])
+    [result] = doctor.run_checks(s, [leaky])
     assert result.name == "leaky" and result.status == Status.fail
     assert "TopSecret1" not in result.detail and "***" in result.detail
 
@@ -71,51 +81,50 @@ def test_a_broken_check_reports_without_the_password(tmp_path):
 # --- formatting and exit code ----------------------------------------------------------------------
 
 def test_format_line_pads_and_shows_fix_for_problems_only():
-    assert d.format_line(d.ok("broker", "amqp://guest:***@localhost:5672/%2F reachable (RabbitMQ 3.10.8)")) == \
+    assert format_line(ok("broker", "amqp://guest:***@localhost:5672/%2F reachable (RabbitMQ 3.10.8)")) == \
         "ok   broker        amqp://guest:***@localhost:5672/%2F reachable (RabbitMQ 3.10.8)"
-    assert d.format_line(d.fail("libvirt", "down", "start it")) == "FAIL libvirt       down → fix: start it"
-    assert d.format_line(d.warn("dead_queue", "missing")) == "WARN dead_queue    missing"
-    assert d.format_line(d.skip("pool_types", "not checked")) == "skip pool_types    not checked"
+    assert format_line(fail("libvirt", "down", "start it")) == "FAIL libvirt       down → fix: start it"
+    assert format_line(warn("dead_queue", "missing")) == "WARN dead_queue    missing"
+    assert format_line(skip("pool_types", "not checked")) == "skip pool_types    not checked"
 
 
 def test_format_report_aligns_long_names():
-    report = d.format_report([d.ok("a", "x"), d.ok("a_much_longer_name", "y")])
-    first, second = report.splitlines()
+    first, second = format_report([ok("a", "x"), ok("a_much_longer_name", "y")]).splitlines()
     assert first.index("x") == second.index("y")
 
 
 def test_exit_code_fails_only_on_fail():
-    assert d.exit_code([d.ok("a", ""), d.warn("b", ""), d.skip("c", "")]) == 0
-    assert d.exit_code([d.ok("a", ""), d.fail("b", "")]) == 1
-    assert d.exit_code([]) == 0
+    assert exit_code([ok("a", ""), warn("b", ""), skip("c", "")]) == 0
+    assert exit_code([ok("a", ""), fail("b", "")]) == 1
+    assert exit_code([]) == 0
 
 
 def test_format_json():
-    document = json.loads(d.format_json([d.ok("a", "fine"), d.fail("b", "bad", "do x")]))
+    document = json.loads(format_json([ok("a", "fine"), fail("b", "bad", "do x")]))
     assert document["ok"] is False
     assert document["checks"][1] == {"name": "b", "status": "fail", "detail": "bad", "fix": "do x"}
-    assert json.loads(d.format_json([d.warn("a", "meh")]))["ok"] is True
+    assert json.loads(format_json([warn("a", "meh")]))["ok"] is True
 
 
 def test_doctor_reports_bad_settings_and_exits_1(monkeypatch):
     monkeypatch.setenv("STORAGE_WORKER_CONCURRENCY", "0")
     out = io.StringIO()
-    assert d.doctor({}, None, out=out) == 1
+    assert doctor.doctor({}, None, out=out) == 1
     line = out.getvalue().strip()
     assert line.startswith("FAIL settings") and "concurrency" in line
 
 
 def test_doctor_names_a_missing_config_file(tmp_path):
     out = io.StringIO()
-    assert d.doctor({}, str(tmp_path / "absent.toml"), as_json=True, out=out) == 1
+    assert doctor.doctor({}, str(tmp_path / "absent.toml"), as_json=True, out=out) == 1
     [check] = json.loads(out.getvalue())["checks"]
     assert check["name"] == "settings" and "absent.toml" in check["detail"]
 
 
 def test_doctor_falls_back_to_ascii_arrow(monkeypatch, tmp_path):
-    monkeypatch.setattr(d, "run_checks", lambda s: [d.fail("x", "bad", "fix it")])
+    monkeypatch.setattr(doctor, "run_checks", lambda s: [fail("x", "bad", "fix it")])
     out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
-    assert d.doctor({"host_id": "h"}, None, out=out) == 1
+    assert doctor.doctor({"host_id": "h"}, None, out=out) == 1
     out.seek(0)
     assert out.read().strip() == "FAIL x             bad -> fix: fix it"
 
@@ -130,9 +139,9 @@ def test_cli_has_doctor_with_common_flags():
 
 
 def test_journal_file_name_matches_the_worker():
-    from worker.app import JOURNAL_FILE
+    from worker.app import JOURNAL_FILE as WORKERS_JOURNAL_FILE
 
-    assert d.JOURNAL_FILE == JOURNAL_FILE
+    assert JOURNAL_FILE == WORKERS_JOURNAL_FILE
 
 
 # --- broker errors ----------------------------------------------------------------------------------
@@ -154,11 +163,11 @@ def _connect_error(inner: BaseException) -> BaseException:
     (pe.AMQPConnectionError("something else"), "other"),
 ])
 def test_classify_broker_error(error, kind):
-    assert d.classify_broker_error(error) == kind
+    assert classify_broker_error(error) == kind
 
 
 def test_set_permissions_command_escapes_the_prefix():
-    assert d._set_permissions("/", "worker", "test-a.b") == (
+    assert set_permissions_command("/", "worker", "test-a.b") == (
         "rabbitmqctl set_permissions -p / worker '^test\\-a\\.b\\.' '^(test\\-a\\.b\\..*|amq\\.default)$' "
         "'^test\\-a\\.b\\.'")
 
@@ -186,30 +195,30 @@ def test_set_permissions_command_escapes_the_prefix():
      "the value '1.5' of type 'float'", None, None),
 ])
 def test_parse_inequivalent(text, sent, parsed):
-    assert d.parse_inequivalent(text, sent) == parsed
+    assert parse_inequivalent(text, sent) == parsed
 
 
 def test_queue_fix_offers_settings_when_they_can_match():
-    fix = d.queue_fix("p.commands.h", "/", [Difference("x-queue-type", "quorum", "classic")], True, 0)
+    fix = queue_fix("p.commands.h", "/", [Difference("x-queue-type", "quorum", "classic")], True, 0)
     assert "rabbitmqctl delete_queue -p / p.commands.h" in fix
     assert "STORAGE_WORKER_QUEUE_TYPE=classic" in fix
-    fix = d.queue_fix("q", "/", [Difference("x-delivery-limit", 5, 3),
-                                 Difference("x-single-active-consumer", True, ABSENT)], True, 2)
+    fix = queue_fix("q", "/", [Difference("x-delivery-limit", 5, 3),
+                               Difference("x-single-active-consumer", True, ABSENT)], True, 2)
     assert "STORAGE_WORKER_DELIVERY_LIMIT=3" in fix and "STORAGE_WORKER_SINGLE_ACTIVE_CONSUMER=false" in fix
     assert "2 message(s)" in fix
 
 
 def test_queue_fix_says_when_queue_type_alone_is_not_enough():
-    fix = d.queue_fix("q", "/", [Difference("x-dead-letter-exchange", "p.dlx", ABSENT),
-                                 Difference("x-queue-type", "quorum", ABSENT)], True, 0)
+    fix = queue_fix("q", "/", [Difference("x-dead-letter-exchange", "p.dlx", ABSENT),
+                               Difference("x-queue-type", "quorum", ABSENT)], True, 0)
     assert "delete it" in fix
     assert "(STORAGE_WORKER_QUEUE_TYPE=classic would match its type, but no setting matches its x-dead-letter-exchange)" in fix
 
 
 def test_difference_text():
-    assert d._difference_text(Difference("x-queue-type", "quorum", ABSENT)) == \
+    assert difference_text(Difference("x-queue-type", "quorum", ABSENT)) == \
         "x-queue-type is none (a classic queue), the worker wants quorum"
-    assert d._difference_text(Difference("x-single-active-consumer", True, False)) == \
+    assert difference_text(Difference("x-single-active-consumer", True, False)) == \
         "x-single-active-consumer is false, the worker wants true"
 
 
@@ -217,14 +226,14 @@ def test_difference_text():
 
 def test_state_dir_that_does_not_exist_is_created_and_removed_again(tmp_path):
     s = settings(tmp_path, state_dir=tmp_path / "a" / "b")
-    result = d.check_state_dir(Context(settings=s))
+    result = check_state_dir(Context(settings=s))
     assert result.status == Status.ok and "can be created" in result.detail
     assert not (tmp_path / "a").exists()
 
 
 def test_state_dir_writable(tmp_path):
     (tmp_path / "state").mkdir()
-    result = d.check_state_dir(Context(settings=settings(tmp_path)))
+    result = check_state_dir(Context(settings=settings(tmp_path)))
     assert result.status == Status.ok and "writable" in result.detail
     assert list((tmp_path / "state").iterdir()) == []
 
@@ -232,32 +241,32 @@ def test_state_dir_writable(tmp_path):
 def test_state_dir_under_a_file_fails_and_journal_is_skipped(tmp_path):
     (tmp_path / "file").write_text("x")
     ctx = Context(settings=settings(tmp_path, state_dir=tmp_path / "file" / "state"))
-    result = d.check_state_dir(ctx)
+    result = check_state_dir(ctx)
     assert result.status == Status.fail and "Not a directory" in result.detail
     assert "STORAGE_WORKER_STATE_DIR" in result.fix
-    assert d.check_journal(ctx).status == Status.skip
+    assert check_journal(ctx).status == Status.skip
 
 
 def test_state_dir_that_is_a_file_fails(tmp_path):
     (tmp_path / "state").write_text("x")
-    result = d.check_state_dir(Context(settings=settings(tmp_path)))
+    result = check_state_dir(Context(settings=settings(tmp_path)))
     assert result.status == Status.fail and "not a directory" in result.detail
 
 
 def test_journal_absent_valid_and_corrupt(tmp_path):
     ctx = Context(settings=settings(tmp_path))
-    assert d.check_journal(ctx).status == Status.ok
+    assert check_journal(ctx).status == Status.ok
     (tmp_path / "state").mkdir()
-    path = tmp_path / "state" / d.JOURNAL_FILE
+    path = tmp_path / "state" / JOURNAL_FILE
     db = sqlite3.connect(path)
     db.execute("CREATE TABLE commands (id TEXT)")
     db.execute("INSERT INTO commands VALUES ('a'), ('b')")
     db.commit()
     db.close()
-    result = d.check_journal(ctx)
+    result = check_journal(ctx)
     assert result.status == Status.ok and "2 command(s)" in result.detail
     path.write_bytes(b"this is not sqlite" * 100)
-    result = d.check_journal(ctx)
+    result = check_journal(ctx)
     assert result.status == Status.fail and "not a readable SQLite database" in result.detail
 
 
@@ -265,38 +274,38 @@ def test_journal_from_a_real_worker_journal(tmp_path):
     from worker.state.journal import Journal
 
     (tmp_path / "state").mkdir()
-    Journal(tmp_path / "state" / d.JOURNAL_FILE).close()
-    result = d.check_journal(Context(settings=settings(tmp_path)))
+    Journal(tmp_path / "state" / JOURNAL_FILE).close()
+    result = check_journal(Context(settings=settings(tmp_path)))
     assert result.status == Status.ok and "0 command(s)" in result.detail
 
 
 def test_allowed_roots(tmp_path):
     (tmp_path / "file").write_text("x")
     s = settings(tmp_path, allowed_roots=[str(tmp_path), str(tmp_path / "missing"), str(tmp_path / "file")])
-    result = d.check_allowed_roots(Context(settings=s))
+    result = check_allowed_roots(Context(settings=s))
     assert result.status == Status.warn
     assert f"missing: {tmp_path / 'missing'}" in result.detail and "not directories" in result.detail
-    assert d.check_allowed_roots(Context(settings=settings(tmp_path))).status == Status.ok
-    assert d.check_allowed_roots(Context(settings=settings(tmp_path, allowed_roots=[]))).status == Status.warn
+    assert check_allowed_roots(Context(settings=settings(tmp_path))).status == Status.ok
+    assert check_allowed_roots(Context(settings=settings(tmp_path, allowed_roots=[]))).status == Status.warn
 
 
 def test_policy(tmp_path):
-    assert d.check_policy(Context(settings=settings(tmp_path))).status == Status.ok
+    assert check_policy(Context(settings=settings(tmp_path))).status == Status.ok
     good = tmp_path / "good.toml"
     good.write_text('[users.cp]\nops = ["*"]\n')
-    result = d.check_policy(Context(settings=settings(tmp_path, policy_file=good)))
+    result = check_policy(Context(settings=settings(tmp_path, policy_file=good)))
     assert result.status == Status.ok and "cp" in result.detail
     bad = tmp_path / "bad.toml"
     bad.write_text('[users.cp]\nops = "*"\n')
-    result = d.check_policy(Context(settings=settings(tmp_path, policy_file=bad)))
+    result = check_policy(Context(settings=settings(tmp_path, policy_file=bad)))
     assert result.status == Status.fail and str(bad) in result.detail
 
 
 def test_broker_dependent_checks_skip_without_a_broker(tmp_path):
     ctx = Context(settings=settings(tmp_path))
-    for check in (d.check_permissions, d.check_exchanges, d.check_command_queue, d.check_dead_queue):
+    for check in (check_permissions, check_exchanges, check_command_queue, check_dead_queue):
         assert check(ctx).status == Status.skip
-    assert d.check_pool_types(ctx).status == Status.skip
+    assert check_pool_types(ctx).status == Status.skip
 
 
 @pytest.mark.parametrize("message, hint", [
@@ -306,4 +315,4 @@ def test_broker_dependent_checks_skip_without_a_broker(tmp_path):
     ("something odd", "check that libvirtd runs"),
 ])
 def test_libvirt_fix(message, hint):
-    assert hint in d.libvirt_fix("qemu:///system", message)
+    assert hint in libvirt_fix("qemu:///system", message)
