@@ -1,4 +1,4 @@
-"""AsyncAPI 3.0 document of the whole contract (CONTRACT §1-§5), generated from the models.
+"""AsyncAPI 3.0 document of the whole contract (docs/contract.md), generated from the models.
 
 The document describes the contract from a control plane's side: it sends commands to the commands
 exchange and receives results and events. Names are the defaults (prefix `storage`); every exchange

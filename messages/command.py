@@ -1,4 +1,4 @@
-"""The command envelope (CONTRACT §2): decoding a message body into a typed command.
+"""The command envelope (docs/contract.md "Commands"): decoding a message body into a typed command.
 
 Two failure kinds, because the contract treats them differently:
 - `Undecodable`: the body cannot be read as a command with a usable id. Answered (when it has

@@ -1,4 +1,4 @@
-"""State-change events (CONTRACT §5): CloudEvents 1.0 in structured mode."""
+"""State-change events (docs/contract.md "Events"): CloudEvents 1.0 in structured mode."""
 
 from __future__ import annotations
 

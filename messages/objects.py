@@ -1,4 +1,4 @@
-"""The resource objects results and events carry (CONTRACT §3)."""
+"""The resource objects results and events carry (docs/contract.md "Operations")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What a succeeded command carries in `result`, per operation (CONTRACT §3)."""
+"""What a succeeded command carries in `result`, per operation (docs/contract.md "Operations")."""
 
 from __future__ import annotations
 

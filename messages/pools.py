@@ -1,4 +1,4 @@
-"""Arguments of the pool operations (CONTRACT §3), including the pool definition spec."""
+"""Arguments of the pool operations (docs/contract.md "Operations"), including the pool definition spec."""
 
 from __future__ import annotations
 

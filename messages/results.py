@@ -1,4 +1,4 @@
-"""The result message (CONTRACT §4)."""
+"""The result message (docs/contract.md "Results")."""
 
 from __future__ import annotations
 

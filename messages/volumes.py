@@ -1,4 +1,4 @@
-"""Arguments of the volume, disk and job operations (CONTRACT §3)."""
+"""Arguments of the volume, disk and job operations (docs/contract.md "Operations")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Settings (CONTRACT §7): flags, then STORAGE_WORKER_* environment variables, then a TOML file,
-then defaults."""
+"""Settings (docs/contract.md "Running the worker"): flags, then STORAGE_WORKER_* environment
+variables, then a TOML file, then defaults."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bad input (CONTRACT §4) sent with a plain pika client: each gets a specific rejected result,
+"""Bad input (docs/contract.md "Results") sent with a plain pika client: each gets a specific rejected result,
 undecodable messages are dead-lettered, and the worker goes on serving."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Events (CONTRACT §5) from real pool and volume operations, from changes made with virsh behind the
-worker's back, from capacity, and from libvirtd going away and coming back."""
+"""Events (docs/contract.md "Events") from real pool and volume operations, from changes made with virsh
+behind the worker's back, from capacity, and from libvirtd going away and coming back."""
 
 from __future__ import annotations
 

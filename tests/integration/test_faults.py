@@ -1,4 +1,5 @@
-"""Delivery guarantees under faults (CONTRACT §6), with real processes, the real broker and libvirtd.
+"""Delivery guarantees under faults (docs/contract.md "Delivery guarantees"), with real processes, the real
+broker and libvirtd.
 
 Each workload is 500 commands over 100 volumes: create, three grows, then delete (even volumes) or a
 fourth grow (odd volumes). Each scenario prints: commands sent, results received, duplicates, lost,

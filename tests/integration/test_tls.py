@@ -1,4 +1,5 @@
-"""AMQP over TLS (CONTRACT §7: `amqps://` with TLS settings), against a real TLS listener.
+"""AMQP over TLS (`amqps://` with TLS settings, docs/contract.md "Running the worker"), against a real TLS
+listener.
 
 The session starts an amqps listener on the running broker with throwaway certificates (see
 tests/integration/tls.py) and stops it at the end; the worker, StorageClient and the CLI talk to it,

@@ -1,4 +1,5 @@
-"""worker.transport.topology.declarations: what the worker declares on the broker (CONTRACT §1)."""
+"""worker.transport.topology.declarations: what the worker declares on the broker (docs/contract.md
+"Topology")."""
 
 from __future__ import annotations
 

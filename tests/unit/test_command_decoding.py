@@ -1,4 +1,4 @@
-"""messages.command.decode/encode: the command envelope of CONTRACT §2."""
+"""messages.command.decode/encode: the command envelope (docs/contract.md "Commands")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Retrying operations that meet transient errors (DESIGN: errors and retries).
+"""Retrying operations that meet transient errors .
 
 An explicit budget: at most `attempts` tries, and no new try once `max_seconds` have passed since
 the first failure (so an hour-long upload that fails at its end still gets its retries). libvirt

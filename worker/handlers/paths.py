@@ -1,4 +1,4 @@
-"""Where paths may point (ALLOWED_ROOTS, CONTRACT §7).
+"""Where paths may point (ALLOWED_ROOTS, docs/contract.md "Operations").
 
 Pool target paths live on the libvirt host, which may be another machine (a remote LIBVIRT_URI), so
 they are checked lexically: the contract models already require them absolute and normalized.

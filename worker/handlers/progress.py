@@ -1,4 +1,4 @@
-"""Progress of long jobs (CONTRACT §5 storage.job.progress): at most about one event a second.
+"""Progress of long jobs (storage.job.progress, docs/contract.md "Events"): at most about one event a second.
 
 Transfers report their own byte counts. Operations libvirt runs to the end without telling anyone
 (clone, wipe) are watched from the side: a probe is sampled once a second on a helper thread while

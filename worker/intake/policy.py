@@ -1,4 +1,5 @@
-"""Authorization policy (CONTRACT §7 POLICY_FILE): which operations, on which pools, a broker user may run.
+"""Authorization policy (POLICY_FILE, docs/contract.md "Running the worker"): which operations, on which
+pools, a broker user may run.
 
 The policy keys on the command's AMQP `user_id`, which RabbitMQ validates against the connection's
 user, so a control plane cannot claim to be someone else. The file is TOML:

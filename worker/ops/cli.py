@@ -1,4 +1,5 @@
-"""The operator interface (CONTRACT §7): storage-worker run | call | events | dead | schema."""
+"""The operator interface (docs/contract.md "Running the worker"): storage-worker run | call | events | dead |
+schema."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Publishing CloudEvents (CONTRACT §5) to the events exchange.
+"""Publishing CloudEvents (docs/contract.md "Events") to the events exchange.
 
 The sequence number is taken and the publish handed to the I/O thread under one lock; the I/O
 thread runs handed-over work in order, so sequence order is publish order.

@@ -1,5 +1,5 @@
-"""Publishing results (CONTRACT §4): to the results exchange and the command's reply_to, persistent
-and confirmed; and copies of undecodable messages to the dead-letter exchange."""
+"""Publishing results (docs/contract.md "Results"): to the results exchange and the command's
+reply_to, persistent and confirmed; and copies of undecodable messages to the dead-letter exchange."""
 
 from __future__ import annotations
 

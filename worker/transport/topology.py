@@ -1,5 +1,5 @@
-"""What the worker declares on the broker (CONTRACT §1), as data, applied idempotently at every
-(re)connect. The names come from `messages.topology`."""
+"""What the worker declares on the broker (docs/contract.md "Topology"), as data, applied idempotently at
+every (re)connect. The names come from `messages.topology`."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The monitor: turns libvirt's pool callbacks, periodic re-listings and connection changes into
-events (CONTRACT §5), on one thread of its own.
+events (docs/contract.md "Events"), on one thread of its own.
 
     libvirt event loop --pool signal--> \\
     gateway --connected/disconnected-->  queue --> monitor thread --> EventPublisher
