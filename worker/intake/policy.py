@@ -5,7 +5,7 @@ The policy keys on the command's AMQP `user_id`, which RabbitMQ validates agains
 user, so a control plane cannot claim to be someone else. The file is TOML:
 
     [default]            # users without a rule of their own, and commands without user_id
-    ops = ["host.info", "*.info", "*.list"]
+    ops = ["*.info", "*.list"]
     pools = ["*"]
 
     [users.controlplane] # keyed by the broker-validated user_id (exact, case-sensitive)
@@ -13,7 +13,7 @@ user, so a control plane cannot claim to be someone else. The file is TOML:
     pools = ["tenant-*", "images"]
 
     [users.monitoring]   # no `pools`: every pool
-    ops = ["*.info", "*.list", "host.info"]
+    ops = ["*.info", "*.list"]
 
 Rules:
 - Patterns are shell globs (`fnmatch.fnmatchcase`: `*`, `?`, `[abc]`; case-sensitive; `*` also
