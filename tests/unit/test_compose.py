@@ -298,3 +298,35 @@ def test_named_volumes_are_declared(compose, services):
         for target, source in volume_sources(service).items():
             if not source.startswith((".", "/", "~")):
                 assert source in declared, f"{name} mounts undeclared volume {source} at {target}"
+
+
+GRAFANA_PROVISIONING = "/etc/grafana/provisioning"
+
+
+def test_grafana_provisions_the_prometheus_data_source(services, prometheus_config):
+    grafana = services["grafana"]
+    assert grafana["image"].startswith("grafana/grafana:10.")
+    assert 3000 in published_ports(grafana)
+    assert "prometheus" in grafana["depends_on"]
+    provisioning = mounted_file(grafana, GRAFANA_PROVISIONING)
+    assert provisioning == COMPOSE_DIR / "grafana" / "provisioning"
+    sources = [source for path in sorted((provisioning / "datasources").glob("*.yml"))
+               for source in yaml.safe_load(path.read_text())["datasources"]]
+    prometheus = [source for source in sources if source["type"] == "prometheus"]
+    assert len(prometheus) == 1 and prometheus[0].get("isDefault") is True
+    url = urlsplit(prometheus[0]["url"])
+    assert url.hostname == "prometheus" and url.hostname in services
+    assert url.port in published_ports(services["prometheus"])
+    assert prometheus[0]["jsonData"]["timeInterval"] == prometheus_config["global"]["scrape_interval"], \
+        "Grafana's idea of the scrape interval ($__rate_interval) differs from Prometheus's"
+
+
+def test_grafana_provisions_the_dashboards_directory(services):
+    grafana = services["grafana"]
+    provisioning = mounted_file(grafana, GRAFANA_PROVISIONING)
+    providers = [provider for path in sorted((provisioning / "dashboards").glob("*.yml"))
+                 for provider in yaml.safe_load(path.read_text())["providers"]]
+    assert len(providers) == 1 and providers[0]["type"] == "file"
+    directory = mounted_file(grafana, providers[0]["options"]["path"])
+    assert directory == COMPOSE_DIR / "grafana" / "dashboards"
+    assert (directory / "storage-worker.json").is_file()
