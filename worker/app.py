@@ -75,7 +75,8 @@ class Worker:
         self.metrics.watch(in_flight=self.service.in_flight, broker_connected=lambda: self.link.is_ready,
                            libvirt_connected=lambda: self.gateway.connected, journal_commands=self.journal.count,
                            events_dropped=lambda: self.link.dropped_events,
-                           pools=lambda: self.inventory.pools().values())
+                           pools=lambda: self.inventory.pools().values(), ready=lambda: not self.unready_parts(),
+                           journal_writable=lambda: self.journal.unwritable is None)
         self.health = HealthServer(settings.metrics_port, self.metrics.registry, alive=self.dead_threads,
                                    ready=self.unready_parts) if settings.metrics_port else None
 

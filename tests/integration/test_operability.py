@@ -62,6 +62,8 @@ def test_metrics_count_commands_retries_events_and_pools(make_worker):
     assert sample(text, "storage_worker_libvirt_connected") == 1
     assert sample(text, "storage_worker_journal_commands") >= 5
     assert sample(text, "storage_worker_commands_in_flight") == 0
+    assert sample(text, "storage_worker_ready") == 1
+    assert sample(text, "storage_worker_journal_writable") == 1
     assert sample(text, "storage_worker_pool_available_bytes", pool=pool) > 0
     assert "secret-name" not in text, "volumes are never a label"
 
@@ -118,6 +120,9 @@ def test_a_full_journal_disk_holds_commands_and_they_run_once_it_has_room(small_
     thread, out = call_async(harness.client, "volume.create", {"pool": pool, "name": "held.raw", "capacity": 2**20})
     status, body = wait_for(lambda: (r := get(port, "/readyz"))[0] == 503 and r, 15, "not ready: the journal")
     assert "journal" in body and "cannot be written" in body, body
+    metrics = get(port, "/metrics")[1]
+    assert sample(metrics, "storage_worker_journal_writable") == 0
+    assert sample(metrics, "storage_worker_ready") == 0
     time.sleep(2)
     assert not out, "no result while the journal cannot be written"
     assert "held.raw" not in libvirt_conn.storagePoolLookupByName(pool).listVolumes(), "and it did not run"
@@ -125,5 +130,8 @@ def test_a_full_journal_disk_holds_commands_and_they_run_once_it_has_room(small_
     thread.join(60)
     assert out and ok(out[0])["changed"] is True and not out[0].duplicate
     wait_for(lambda: get(port, "/readyz")[0] == 200, 30, "ready again")
+    metrics = get(port, "/metrics")[1]
+    assert sample(metrics, "storage_worker_journal_writable") == 1
+    assert sample(metrics, "storage_worker_ready") == 1
     wait_for(lambda: queue_depth(harness.settings.topology.command_queue) == 0, 15, "the queue to be empty")
     assert queue_depth(harness.settings.topology.dead_letter_queue) == 0, "nothing was dead-lettered"

@@ -114,19 +114,82 @@ def test_worker_environment_makes_valid_settings(worker_env, monkeypatch):
     assert settings.libvirt_uri == "qemu:///system"
 
 
-def prometheus_targets() -> list[str]:
-    config = yaml.safe_load((COMPOSE_DIR / "prometheus.yml").read_text())
+PROMETHEUS_CONFIG_TARGET = "/etc/prometheus/prometheus.yml"
+
+
+def mounted_file(service: dict, target: str) -> Path:
+    """The file of this repository that a service mounts at `target`."""
+    source = volume_sources(service).get(target, "")
+    assert source.startswith("."), f"nothing of the repository is mounted at {target}"
+    return (COMPOSE_DIR / source).resolve()
+
+
+@pytest.fixture(scope="module")
+def prometheus_config(services) -> dict:
+    return yaml.safe_load(mounted_file(services["prometheus"], PROMETHEUS_CONFIG_TARGET).read_text())
+
+
+def scrape_job(config: dict, job_name: str) -> dict:
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert job_name in jobs, f"Prometheus has no scrape job {job_name}: {sorted(jobs)}"
+    return jobs[job_name]
+
+
+def prometheus_targets(config: dict) -> list[str]:
     return [target for job in config["scrape_configs"] for static in job.get("static_configs", [])
             for target in static["targets"]]
 
 
-def test_prometheus_scrapes_the_worker_metrics_port(services, worker_env):
+def test_prometheus_scrapes_the_worker_metrics_port(services, worker_env, prometheus_config):
     port = int(worker_env.get(ENV_PREFIX + "METRICS_PORT", Settings.model_fields["metrics_port"].default))
     assert port != 0, "metrics are turned off, nothing to scrape"
-    assert f"worker:{port}" in prometheus_targets()
-    mounts = volume_sources(services["prometheus"])
-    assert mounts.get("/etc/prometheus/prometheus.yml", "").endswith("prometheus.yml")
+    assert f"worker:{port}" in prometheus_targets(prometheus_config)
+    assert mounted_file(services["prometheus"], PROMETHEUS_CONFIG_TARGET) == COMPOSE_DIR / "prometheus" / "prometheus.yml"
     assert 9090 in published_ports(services["prometheus"])
+
+
+def test_prometheus_loads_the_alert_rules(services, prometheus_config):
+    """Every rule file the config names is mounted beside it in the container (relative names are
+    relative to the config file), from the file beside it in compose/prometheus/ (so promtool
+    check config finds it here too)."""
+    rule_files = prometheus_config.get("rule_files") or []
+    assert rule_files, "Prometheus loads no rules"
+    config_dir = Path(PROMETHEUS_CONFIG_TARGET).parent
+    local_dir = mounted_file(services["prometheus"], PROMETHEUS_CONFIG_TARGET).parent
+    for name in rule_files:
+        assert "*" not in name
+        in_container = config_dir / name
+        assert mounted_file(services["prometheus"], str(in_container)) == (local_dir / name).resolve()
+        assert (local_dir / name).is_file()
+    assert (COMPOSE_DIR / "prometheus" / "alerts.yml").resolve() in \
+        {mounted_file(services["prometheus"], str(config_dir / name)) for name in rule_files}
+    assert yaml.safe_load((COMPOSE_DIR / "prometheus" / "alerts.yml").read_text())["groups"]
+
+
+def test_prometheus_labels_the_worker_target_with_its_host_id(worker_env, prometheus_config):
+    """The alerts name a worker by the target's `host` label, and select it by the job name."""
+    job = scrape_job(prometheus_config, "storage-worker")
+    hosts = {static.get("labels", {}).get("host") for static in job["static_configs"]}
+    assert hosts == {worker_env[ENV_PREFIX + "HOST_ID"]}
+    alerts = (COMPOSE_DIR / "prometheus" / "alerts.yml").read_text()
+    assert 'up{job="storage-worker"}' in alerts
+
+
+def test_prometheus_scrapes_the_dead_letter_depth_from_rabbitmq(services, worker_env, prometheus_config):
+    """DeadLettersWaiting reads rabbitmq_detailed_queue_messages: RabbitMQ's /metrics/detailed
+    endpoint (port 15692, the rabbitmq_prometheus plugin), asked for the queue_coarse_metrics family,
+    about the worker's dead-letter queue."""
+    from messages.topology import Topology
+
+    job = scrape_job(prometheus_config, "rabbitmq")
+    assert job["metrics_path"] == "/metrics/detailed"
+    assert "queue_coarse_metrics" in job["params"]["family"]
+    assert prometheus_targets({"scrape_configs": [job]}) == ["rabbitmq:15692"]
+    assert "15692" in [str(port) for port in services["rabbitmq"].get("expose", [])]
+    prefix = worker_env.get(ENV_PREFIX + "PREFIX", Settings.model_fields["prefix"].default)
+    dead = Topology(prefix=prefix, host=worker_env[ENV_PREFIX + "HOST_ID"]).dead_letter_queue
+    alerts = (COMPOSE_DIR / "prometheus" / "alerts.yml").read_text()
+    assert f'rabbitmq_detailed_queue_messages{{queue="{dead}"}}' in alerts
 
 
 def test_worker_healthcheck_asks_healthz_on_the_metrics_port(services, worker_env):
@@ -235,3 +298,35 @@ def test_named_volumes_are_declared(compose, services):
         for target, source in volume_sources(service).items():
             if not source.startswith((".", "/", "~")):
                 assert source in declared, f"{name} mounts undeclared volume {source} at {target}"
+
+
+GRAFANA_PROVISIONING = "/etc/grafana/provisioning"
+
+
+def test_grafana_provisions_the_prometheus_data_source(services, prometheus_config):
+    grafana = services["grafana"]
+    assert grafana["image"].startswith("grafana/grafana:10.")
+    assert 3000 in published_ports(grafana)
+    assert "prometheus" in grafana["depends_on"]
+    provisioning = mounted_file(grafana, GRAFANA_PROVISIONING)
+    assert provisioning == COMPOSE_DIR / "grafana" / "provisioning"
+    sources = [source for path in sorted((provisioning / "datasources").glob("*.yml"))
+               for source in yaml.safe_load(path.read_text())["datasources"]]
+    prometheus = [source for source in sources if source["type"] == "prometheus"]
+    assert len(prometheus) == 1 and prometheus[0].get("isDefault") is True
+    url = urlsplit(prometheus[0]["url"])
+    assert url.hostname == "prometheus" and url.hostname in services
+    assert url.port in published_ports(services["prometheus"])
+    assert prometheus[0]["jsonData"]["timeInterval"] == prometheus_config["global"]["scrape_interval"], \
+        "Grafana's idea of the scrape interval ($__rate_interval) differs from Prometheus's"
+
+
+def test_grafana_provisions_the_dashboards_directory(services):
+    grafana = services["grafana"]
+    provisioning = mounted_file(grafana, GRAFANA_PROVISIONING)
+    providers = [provider for path in sorted((provisioning / "dashboards").glob("*.yml"))
+                 for provider in yaml.safe_load(path.read_text())["providers"]]
+    assert len(providers) == 1 and providers[0]["type"] == "file"
+    directory = mounted_file(grafana, providers[0]["options"]["path"])
+    assert directory == COMPOSE_DIR / "grafana" / "dashboards"
+    assert (directory / "storage-worker.json").is_file()

@@ -52,7 +52,8 @@ class Metrics:
 
     def watch(self, *, in_flight: Callable[[], int], broker_connected: Callable[[], bool],
               libvirt_connected: Callable[[], bool], journal_commands: Callable[[], int],
-              events_dropped: Callable[[], int], pools: Callable[[], Iterable[PoolObject]]) -> None:
+              events_dropped: Callable[[], int], pools: Callable[[], Iterable[PoolObject]],
+              ready: Callable[[], bool], journal_writable: Callable[[], bool]) -> None:
         """Gauges read at scrape time from the worker's parts."""
         r = self.registry
         for name, doc, read in (
@@ -60,7 +61,9 @@ class Metrics:
                 ("storage_worker_broker_connected", "1 while the broker channels are open", broker_connected),
                 ("storage_worker_libvirt_connected", "1 while the libvirt connection is open", libvirt_connected),
                 ("storage_worker_journal_commands", "Commands the journal holds", journal_commands),
-                ("storage_worker_events_dropped", "Events dropped while the broker was unreachable", events_dropped)):
+                ("storage_worker_events_dropped", "Events dropped while the broker was unreachable", events_dropped),
+                ("storage_worker_ready", "1 while /readyz answers ready", ready),
+                ("storage_worker_journal_writable", "1 while the journal can be written", journal_writable)):
             Gauge(name, doc, registry=r).set_function(lambda read=read: float(read()))
         r.register(_Pools(pools))
 
