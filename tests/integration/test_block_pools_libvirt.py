@@ -119,6 +119,29 @@ def test_fs_build(loop_device, libvirt_pools, tmp_path, device_fs, pool_fmt, fla
     assert not pool.isActive()
 
 
+def test_fs_start_with_build(loop_device, libvirt_pools, tmp_path):
+    """create(CREATE_WITH_BUILD) builds with flags 0: a mount point, no filesystem, so the mount fails
+    on a blank device. WITH_BUILD_NO_OVERWRITE formats it, and fails on a device that has the asked-for
+    filesystem already, like build(NO_OVERWRITE)."""
+    device = loop_device(FS_SIZE["ext4"])
+    target = tmp_path / "mnt"
+    pool = fs_pool(libvirt_pools, device, "ext4", target)
+    with raises_libvirt(libvirt.VIR_ERR_INTERNAL_ERROR, NONE,
+                        contains=f"mount: {target}: wrong fs type, bad option, bad superblock on {device.path}"):
+        pool.create(libvirt.VIR_STORAGE_POOL_CREATE_WITH_BUILD)
+    assert target.is_dir() and device.probe() is None and not pool.isActive()
+
+    pool.create(libvirt.VIR_STORAGE_POOL_CREATE_WITH_BUILD_NO_OVERWRITE)
+    assert device.probe() == "ext4" and mounts_at(target)
+    pool.destroy()
+    with raises_libvirt(libvirt.VIR_ERR_STORAGE_POOL_BUILT, STORAGE,
+                        contains=f"Storage pool already built: Device '{device.path}' already formatted using 'ext4'"):
+        pool.create(libvirt.VIR_STORAGE_POOL_CREATE_WITH_BUILD_NO_OVERWRITE)
+    assert not pool.isActive()
+    pool.create(libvirt.VIR_STORAGE_POOL_CREATE_WITH_BUILD)  # flags 0: the mount point exists, the fs too
+    assert mounts_at(target)
+
+
 @pytest.mark.parametrize("fs", ["ext4", "xfs"])
 def test_fs_pool_lifecycle(loop_device, libvirt_pools, libvirt_conn, tmp_path, fs):
     device = loop_device(FS_SIZE[fs])
