@@ -6,6 +6,9 @@
         print(result.status, result.result)
 
 Replies come over RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`), so no queue is declared.
+`amqp_url` may name several nodes of a cluster (messages.brokers): the client connects to one, and
+when that connection is lost during a call it connects to another and sends the command again
+under the same id — the worker runs it at most once and answers a repeat from its journal.
 This is the only module of `messages` that imports pika.
 """
 
@@ -20,14 +23,17 @@ from datetime import datetime
 from typing import Any
 
 import pika
-from pika.exceptions import ChannelClosedByBroker, UnroutableError
+from pika.exceptions import AMQPConnectionError, ChannelClosedByBroker, ChannelWrongStateError, UnroutableError
 
+from messages.brokers import broker_urls, shuffled
 from messages.command import encode
 from messages.events import CloudEvent, JobProgressData
 from messages.results import Result
 from messages.topology import Topology
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+# What losing the broker connection (or the node it went to) looks like to a blocking client.
+CONNECTION_LOST = (AMQPConnectionError, ChannelWrongStateError)
 
 
 class NoWorker(RuntimeError):
@@ -39,28 +45,30 @@ class CallTimeout(TimeoutError):
 
 
 class StorageClient:
-    def __init__(self, amqp_url: str = "amqp://guest:guest@localhost:5672/%2F", *, host_id: str = "",
+    def __init__(self, amqp_url: str | list[str] = "amqp://guest:guest@localhost:5672/%2F", *, host_id: str = "",
                  prefix: str = "storage", ca_file: str | os.PathLike[str] | None = None,
                  cert_file: str | os.PathLike[str] | None = None,
                  key_file: str | os.PathLike[str] | None = None):
-        """`host_id` names the worker commands go to; following events needs none.
+        """`host_id` names the worker commands go to; following events needs none. `amqp_url`: one
+        node, several separated by ';', or a list (messages.brokers).
 
         With an amqps:// URL the broker's certificate is verified against `ca_file` (the system's
         CAs when None) and its name against the URL's host; `cert_file` (with `key_file`, unless the
         key is in the same file) is a client certificate for brokers that ask for one. The three
         are ignored with a plain amqp:// URL."""
         self.topology = Topology(prefix=prefix, host=host_id)
-        parameters = pika.URLParameters(amqp_url)
-        if parameters.ssl_options is not None:  # amqps://
-            context = ssl.create_default_context(cafile=ca_file)
-            if cert_file:
-                context.load_cert_chain(cert_file, key_file)
-            parameters.ssl_options = pika.SSLOptions(context, server_hostname=parameters.host)
-        self._connection = pika.BlockingConnection(parameters)
-        self._channel = self._connection.channel()
-        self._channel.confirm_delivery()
+        self._nodes = [_parameters(url, ca_file, cert_file, key_file) for url in shuffled(broker_urls(amqp_url))]
         self._replies: dict[str, Result] = {}
         self._awaited: set[str] = set()
+        self._connect()
+
+    def _connect(self) -> None:
+        """Connect to the first node that answers (the next ones first after a loss) and listen for
+        replies on it."""
+        self._connection = pika.BlockingConnection(self._nodes)
+        self._nodes = self._nodes[1:] + self._nodes[:1]
+        self._channel = self._connection.channel()
+        self._channel.confirm_delivery()
         self._channel.basic_consume(DIRECT_REPLY_TO, self._on_reply, auto_ack=True)
 
     def __enter__(self) -> "StorageClient":
@@ -107,18 +115,38 @@ class StorageClient:
              deadline: datetime | None = None, timeout: float = 60.0,
              on_progress: Callable[[JobProgressData], None] | None = None) -> Result:
         """Send a command and wait for its result; raises CallTimeout after `timeout` seconds.
-        `on_progress` receives the command's storage.job.progress events while it runs."""
+        `on_progress` receives the command's storage.job.progress events while it runs. A lost
+        connection is replaced (another node of the cluster) and the command sent again under the
+        same id; the answer may then be its stored result, marked duplicate."""
         command_id = command_id or str(uuid.uuid4())
         correlation_id = str(uuid.uuid4())
-        self._awaited.add(correlation_id)
-        progress_channel = self._follow_progress(command_id, on_progress) if on_progress else None
-        try:
-            self.submit(op, args, command_id=command_id, deadline=deadline, reply_to=DIRECT_REPLY_TO,
-                        correlation_id=correlation_id)
-            return self.wait(correlation_id, timeout, what=f"{op} {command_id}")
-        finally:
-            if progress_channel is not None and progress_channel.is_open:
-                progress_channel.close()
+        end = time.monotonic() + timeout
+        while True:
+            self._awaited.add(correlation_id)
+            progress_channel = self._follow_progress(command_id, on_progress) if on_progress else None
+            try:
+                self.submit(op, args, command_id=command_id, deadline=deadline, reply_to=DIRECT_REPLY_TO,
+                            correlation_id=correlation_id)
+                return self.wait(correlation_id, max(0.0, end - time.monotonic()), what=f"{op} {command_id}")
+            except CONNECTION_LOST:
+                if time.monotonic() >= end:
+                    raise CallTimeout(f"no result for {op} {command_id} within {timeout} s: the broker "
+                                      f"connection was lost") from None
+                self._reconnect(end)
+            finally:
+                if progress_channel is not None and progress_channel.is_open:
+                    progress_channel.close()
+
+    def _reconnect(self, end: float) -> None:
+        """Connect again (to another node first), retrying until `end`."""
+        while True:
+            try:
+                self._connect()
+                return
+            except AMQPConnectionError:
+                if time.monotonic() >= end:
+                    raise
+                time.sleep(0.5)
 
     def _follow_progress(self, command_id: str, on_progress: Callable[[JobProgressData], None]) -> Any:
         channel = self._connection.channel()
@@ -161,3 +189,14 @@ class StorageClient:
         finally:
             if channel.is_open:
                 channel.close()
+
+
+def _parameters(url: str, ca_file: str | os.PathLike[str] | None, cert_file: str | os.PathLike[str] | None,
+                key_file: str | os.PathLike[str] | None) -> pika.URLParameters:
+    parameters = pika.URLParameters(url)
+    if parameters.ssl_options is not None:  # amqps://
+        context = ssl.create_default_context(cafile=ca_file)
+        if cert_file:
+            context.load_cert_chain(cert_file, key_file)
+        parameters.ssl_options = pika.SSLOptions(context, server_hostname=parameters.host)
+    return parameters

@@ -13,7 +13,7 @@ from typing import Any
 
 from messages.events import EventType
 from worker.transport.link import AmqpLink, TopologyError
-from worker.transport.parameters import connection_parameters
+from worker.transport.parameters import node_parameters
 from worker.transport.port import Delivery
 from worker.transport.topology import declarations
 from worker.config import Settings
@@ -82,14 +82,15 @@ class Worker:
 
     def _amqp_link(self) -> AmqpLink:
         settings = self.settings
-        parameters = connection_parameters(
+        nodes = node_parameters(
             settings.amqp_url.get_secret_value(), heartbeat=settings.amqp_heartbeat,
             ca_file=_str(settings.amqp_ca_file), cert_file=_str(settings.amqp_cert_file),
             key_file=_str(settings.amqp_key_file), name=f"storage-worker {settings.host_id}")
         return AmqpLink(
-            parameters,
+            nodes,
             declarations(self.topology, queue_type=settings.queue_type, delivery_limit=settings.delivery_limit,
-                         single_active_consumer=settings.single_active_consumer),
+                         single_active_consumer=settings.single_active_consumer,
+                         quorum_group_size=settings.quorum_group_size),
             queue=self.topology.command_queue, prefetch=settings.prefetch, on_delivery=self._on_delivery,
             event_buffer=settings.event_buffer, on_fatal=self._on_fatal)
 

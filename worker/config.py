@@ -4,6 +4,7 @@ variables, then a TOML file, then defaults."""
 from __future__ import annotations
 
 import contextvars
+import json
 import os
 import socket
 from pathlib import Path
@@ -13,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
                                TomlConfigSettingsSource)
 
+from messages.brokers import broker_urls
 from messages.fields import NAME_PATTERN, AbsolutePath
 from messages.topology import Topology
 
@@ -26,6 +28,7 @@ def _short_hostname() -> str:
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, case_sensitive=False, extra="forbid",
+                                      hide_input_in_errors=True,  # an input may be a URL with a password
                                       frozen=True)
 
     host_id: Annotated[str, Field(pattern=NAME_PATTERN, max_length=255)] = Field(default_factory=_short_hostname)
@@ -39,6 +42,8 @@ class Settings(BaseSettings):
     state_dir: Path = Path("/var/lib/storage-worker")
     concurrency: int = Field(8, ge=1, le=256)
     queue_type: Literal["quorum", "classic"] = "quorum"
+    quorum_group_size: int | None = Field(None, ge=1, description="members of each quorum queue the worker "
+                                                                  "declares; none: every node of the cluster")
     delivery_limit: int = Field(5, ge=1, description="redeliveries before a command is dead-lettered (quorum)")
     single_active_consumer: bool = True
     allowed_roots: list[AbsolutePath] = ["/var/lib/libvirt/images"]
@@ -62,6 +67,20 @@ class Settings(BaseSettings):
     journal_max_rows: int = Field(1_000_000, ge=1000, description="finished commands the journal keeps at most")
     event_buffer: int = Field(10_000, ge=1, description="events kept while the broker is unreachable")
     shutdown_grace: float = Field(30, ge=0, description="seconds in-flight operations get to finish on SIGTERM")
+
+    @field_validator("amqp_url", mode="before")
+    @classmethod
+    def _node_list(cls, value: Any) -> Any:
+        """A list of URLs (a TOML array in the file) is kept as its JSON form."""
+        return json.dumps(value) if isinstance(value, list) else value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _broker_nodes(cls, value: SecretStr) -> SecretStr:
+        """One URL, URLs separated by ';', or a JSON list of URLs: checked here (the message names
+        the problem without the password)."""
+        broker_urls(value.get_secret_value())
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -169,12 +169,12 @@ def cmd_dead(ns: argparse.Namespace) -> int:
     from worker.ops.deadletters import DeadLetters
 
     settings = _load(ns)
-    from worker.transport.parameters import connection_parameters
+    from worker.transport.parameters import node_parameters
 
-    parameters = connection_parameters(settings.amqp_url.get_secret_value(), heartbeat=settings.amqp_heartbeat,
-                                       ca_file=_path(settings.amqp_ca_file), cert_file=_path(settings.amqp_cert_file),
-                                       key_file=_path(settings.amqp_key_file), name="storage-worker dead")
-    dead = DeadLetters(parameters, settings.topology)
+    nodes = node_parameters(settings.amqp_url.get_secret_value(), heartbeat=settings.amqp_heartbeat,
+                            ca_file=_path(settings.amqp_ca_file), cert_file=_path(settings.amqp_cert_file),
+                            key_file=_path(settings.amqp_key_file), name="storage-worker dead")
+    dead = DeadLetters(nodes, settings.topology)
     try:
         if ns.action == "list":
             letters = dead.list()
@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--host-id", help="host id: routing key and queue suffix (default: short hostname)")
-        p.add_argument("--amqp-url", help="broker URL (default amqp://guest:guest@localhost:5672/%%2F)")
+        p.add_argument("--amqp-url", help="broker URL, or the URLs of a cluster's nodes separated by ';' or as "
+                                          "a JSON list (default amqp://guest:guest@localhost:5672/%%2F)")
         p.add_argument("--prefix", help="prefix of every exchange and queue name (default storage)")
         p.add_argument("--config", help="TOML settings file")
 

@@ -61,9 +61,10 @@ def _original_routing_key(method: Any, properties: Any) -> str:
 
 
 class DeadLetters:
-    def __init__(self, parameters: pika.ConnectionParameters, topology: Topology):
+    def __init__(self, nodes: list[pika.ConnectionParameters], topology: Topology):
+        """`nodes`: the broker nodes, tried in turn (transport.parameters.node_parameters)."""
         self._topology = topology
-        self._connection = pika.BlockingConnection(parameters)
+        self._connection = pika.BlockingConnection(nodes)
         self._channel = self._connection.channel()
 
     def close(self) -> None:

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 30.0
+NACKS_BEFORE_RECONNECT = 5  # nacks in a row after which the publish channel is given up
 
 
 class TopologyError(RuntimeError):
@@ -49,12 +50,14 @@ class TopologyError(RuntimeError):
 
 
 class AmqpLink:
-    def __init__(self, parameters: pika.URLParameters, decls: list[Declaration], *, queue: str,
+    def __init__(self, nodes: list[pika.URLParameters], decls: list[Declaration], *, queue: str,
                  prefetch: int, on_delivery: Callable[[Delivery], None], event_buffer: int = 10_000,
                  on_connected: Callable[[], None] | None = None,
                  on_disconnected: Callable[[str], None] | None = None,
                  on_fatal: Callable[[Exception], None] | None = None):
-        self._parameters = parameters
+        """`nodes`: the broker nodes to connect to, in the order they are tried (transport.parameters)."""
+        self._nodes = nodes
+        self._node = 0  # the node connected to, or tried next
         self._declarations = decls
         self._queue = queue
         self._prefetch = prefetch
@@ -74,6 +77,8 @@ class AmqpLink:
         self._ack_flush_scheduled = False
         self._outbox = Outbox(event_buffer)
         self._backoff = RECONNECT_MIN
+        self._nacks_in_a_row = 0
+        self._failures = 0  # connection attempts failed (or connections lost) since the link was last ready
         self._stopping = False
         self._ready = threading.Event()
         self._stopped = threading.Event()
@@ -140,17 +145,27 @@ class AmqpLink:
     def _connect(self) -> None:
         if self._stopping:
             return
-        log.info("connecting to the broker", extra={"broker": where(self._parameters)})
+        log.info("connecting to the broker", extra={"broker": where(self._nodes[self._node])})
         self._connection = pika.SelectConnection(
-            self._parameters, on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
+            self._nodes[self._node], on_open_callback=self._on_open, on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_closed, custom_ioloop=self._ioloop)
         self._connection.add_on_connection_blocked_callback(self._on_blocked)
         self._connection.add_on_connection_unblocked_callback(self._on_unblocked)
 
     def _schedule_reconnect(self, what: str, reason: str) -> None:
-        delay = self._backoff * random.uniform(0.5, 1.0)
-        self._backoff = min(self._backoff * 2, RECONNECT_MAX)
-        log.warning(f"{what}; trying again", extra={"reason": reason, "delay_s": round(delay, 2)})
+        """Try the next node: at once while the round of nodes lasts (a cluster with one node down
+        still has the others), then with jittered backoff growing with every round that failed."""
+        failed = where(self._nodes[self._node])
+        self._node = (self._node + 1) % len(self._nodes)
+        self._failures += 1
+        if self._failures < len(self._nodes):
+            delay = 0.0
+        else:
+            delay = self._backoff * random.uniform(0.5, 1.0)
+            self._backoff = min(self._backoff * 2, RECONNECT_MAX)
+        log.warning(f"{what}; trying again", extra={"reason": reason, "broker": failed,
+                                                    "next_broker": where(self._nodes[self._node]),
+                                                    "delay_s": round(delay, 2)})
         self._ioloop.call_later(delay, self._connect)
 
     def _on_open_error(self, _connection: Any, error: Exception) -> None:
@@ -224,14 +239,24 @@ class AmqpLink:
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         tag, multiple = method.delivery_tag, method.multiple
+        acked = isinstance(method, Basic.Ack)
+        self._nacks_in_a_row = 0 if acked else self._nacks_in_a_row + 1
         for item in self._outbox.confirmed(tag, multiple):
-            if isinstance(method, Basic.Ack):
+            if acked:
                 if item.on_confirmed is not None:
                     item.on_confirmed()
             else:
                 log.warning("broker nacked a publish; sending it again",
                             extra={"exchange": item.exchange, "routing_key": item.routing_key})
                 self._ioloop.call_later(min(0.1 * 2 ** item.attempts, 5), lambda it=item: self._publish(it))
+        if self._nacks_in_a_row >= NACKS_BEFORE_RECONNECT and self._connection is not None \
+                and self._connection.is_open:
+            # RabbitMQ 3.10 can keep nacking every publish of a channel whose first publish to a
+            # quorum queue went out while that queue's leader was down; a new channel works at once.
+            log.warning("the broker keeps nacking this channel's publishes; reconnecting",
+                        extra={"nacks": self._nacks_in_a_row})
+            self._nacks_in_a_row = 0
+            self._connection.close(320, "reconnecting after repeated nacks")
 
     def _publish_all(self, messages: tuple[Outgoing, ...]) -> None:
         for message in messages:
@@ -272,6 +297,7 @@ class AmqpLink:
         if self._consuming_wanted:
             self._consumer_tag = channel.basic_consume(self._queue, self._on_message, auto_ack=False)
         self._backoff = RECONNECT_MIN
+        self._failures = 0
         self._ready.set()
         log.info("consuming", extra={"queue": self._queue, "prefetch": self._prefetch})
         self._flush_outbox()

@@ -7,7 +7,18 @@ import ssl
 
 import pika
 
+from messages.brokers import broker_urls, shuffled
+
 log = logging.getLogger(__name__)
+
+
+def node_parameters(amqp_url: str, *, heartbeat: int, ca_file: str | None = None, cert_file: str | None = None,
+                    key_file: str | None = None, name: str = "storage-worker") -> list[pika.URLParameters]:
+    """Parameters for every broker node AMQP_URL names (messages.brokers), in a random order so that
+    a fleet spreads over the nodes. Raises ValueError for a setting that names no usable node."""
+    return [connection_parameters(url, heartbeat=heartbeat, ca_file=ca_file, cert_file=cert_file,
+                                  key_file=key_file, name=name)
+            for url in shuffled(broker_urls(amqp_url))]
 
 
 def where(parameters: pika.ConnectionParameters) -> str:

@@ -29,8 +29,8 @@ class Declaration:
 
 
 def command_queue_arguments(topology: Topology, queue_type: str, delivery_limit: int,
-                            single_active_consumer: bool) -> dict[str, Any]:
-    arguments: dict[str, Any] = {"x-queue-type": queue_type,
+                            single_active_consumer: bool, quorum_group_size: int | None = None) -> dict[str, Any]:
+    arguments: dict[str, Any] = {**dead_queue_arguments(queue_type, quorum_group_size),
                                  "x-dead-letter-exchange": topology.dead_letter_exchange}
     if queue_type == "quorum":
         arguments["x-delivery-limit"] = delivery_limit
@@ -39,17 +39,25 @@ def command_queue_arguments(topology: Topology, queue_type: str, delivery_limit:
     return arguments
 
 
+def dead_queue_arguments(queue_type: str, quorum_group_size: int | None = None) -> dict[str, Any]:
+    """A quorum queue has a member on every node of the cluster unless QUORUM_GROUP_SIZE says fewer."""
+    arguments: dict[str, Any] = {"x-queue-type": queue_type}
+    if queue_type == "quorum" and quorum_group_size is not None:
+        arguments["x-quorum-initial-group-size"] = quorum_group_size
+    return arguments
+
+
 def declarations(topology: Topology, *, queue_type: str = "quorum", delivery_limit: int = 5,
-                 single_active_consumer: bool = True) -> list[Declaration]:
+                 single_active_consumer: bool = True, quorum_group_size: int | None = None) -> list[Declaration]:
     queue = topology.command_queue
     return [
         Declaration("exchange", topology.commands_exchange, "direct"),
         Declaration("exchange", topology.results_exchange, "topic"),
         Declaration("exchange", topology.events_exchange, "topic"),
         Declaration("exchange", topology.dead_letter_exchange, "topic"),
-        Declaration("queue", topology.dead_letter_queue, arguments={"x-queue-type": queue_type}),
+        Declaration("queue", topology.dead_letter_queue, arguments=dead_queue_arguments(queue_type, quorum_group_size)),
         Declaration("bind", topology.dead_letter_queue, source=topology.dead_letter_exchange, routing_key="#"),
         Declaration("queue", queue, arguments=command_queue_arguments(
-            topology, queue_type, delivery_limit, single_active_consumer)),
+            topology, queue_type, delivery_limit, single_active_consumer, quorum_group_size)),
         Declaration("bind", queue, source=topology.commands_exchange, routing_key=topology.command_routing_key),
     ]

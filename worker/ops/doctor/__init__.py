@@ -10,7 +10,8 @@ broker treats as a no-op when they match and refuses with 406 PRECONDITION_FAILE
 
 The AMQP password is never printed: URLs are shown masked and error texts are scrubbed.
 
-The checks live in one module per subject (broker, permissions, exchanges, queues, libvirtd, local);
+The checks live in one module per subject (broker, permissions, exchanges, queues, quorum, libvirtd,
+local);
 this module lists them in the order they run (later checks use what earlier ones opened) and prints
 the report.
 """
@@ -29,10 +30,11 @@ from worker.ops.doctor.local import check_allowed_roots, check_journal, check_po
 from worker.ops.doctor.masking import scrub, url_secrets
 from worker.ops.doctor.permissions import check_permissions
 from worker.ops.doctor.queues import check_command_queue, check_dead_queue
+from worker.ops.doctor.quorum import check_quorum_members
 from worker.ops.doctor.report import Check, exit_code, fail, format_json, format_report
 
 CHECKS: list[Callable[[Context], Check]] = [
-    check_broker, check_permissions, check_exchanges, check_command_queue, check_dead_queue,
+    check_broker, check_permissions, check_exchanges, check_command_queue, check_quorum_members, check_dead_queue,
     check_libvirt, check_pool_types, check_state_dir, check_journal, check_allowed_roots, check_policy,
 ]
 

@@ -2,36 +2,37 @@
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlsplit, urlunsplit
+import json
+from urllib.parse import unquote, urlsplit
+
+from messages.brokers import broker_urls, masked
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***: amqp://guest:***@localhost:5672/%2F."""
+    """Every node URL of the setting with its password replaced by ***."""
     try:
-        parts = urlsplit(url)
+        return ";".join(masked(node) for node in broker_urls(url))
     except ValueError:
-        return "<unparsable URL>"
-    if "@" not in parts.netloc:
-        return url
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user, sep, _password = userinfo.partition(":")
-    masked = f"{user}:***@{hostinfo}" if sep else parts.netloc
-    return urlunsplit(parts._replace(netloc=masked))
+        return masked(url)
 
 
 def url_secrets(url: str) -> list[str]:
-    """The URL's password as written and decoded, for `scrub`; none when it equals the user name
-    (guest/guest is no secret, and scrubbing it would hide the user name too)."""
+    """The passwords of the setting's URLs (read leniently: also from a setting that is wrong) as
+    written and decoded, for `scrub`; none for a password that equals its user name (guest/guest is
+    no secret, and scrubbing it would hide the user name too)."""
     try:
-        parts = urlsplit(url)
-    except ValueError:
-        return []
-    if not parts.password:
-        return []
-    decoded = unquote(parts.password)
-    if decoded == unquote(parts.username or ""):
-        return []
-    return sorted({decoded, parts.password}, key=len, reverse=True)
+        nodes = json.loads(url) if url.strip().startswith("[") else url.split(";")
+    except json.JSONDecodeError:
+        nodes = url.split(";")
+    secrets: set[str] = set()
+    for node in nodes if isinstance(nodes, list) else []:
+        try:
+            parts = urlsplit(str(node).strip())
+        except ValueError:
+            continue
+        if parts.password and unquote(parts.password) != unquote(parts.username or ""):
+            secrets |= {unquote(parts.password), parts.password}
+    return sorted(secrets, key=len, reverse=True)
 
 
 def scrub(text: str, secrets: list[str]) -> str:

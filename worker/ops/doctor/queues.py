@@ -11,21 +11,20 @@ from worker.ops.doctor.broker import attempt
 from worker.ops.doctor.context import Context
 from worker.ops.doctor.inequivalent import ABSENT, inequivalent_argument, parse_inequivalent
 from worker.ops.doctor.report import Check, fail, ok, skip, warn
+from worker.transport.topology import command_queue_arguments, dead_queue_arguments
 
 
 def check_command_queue(ctx: Context) -> Check:
-    from worker.transport.topology import command_queue_arguments
-
     settings = ctx.settings
     arguments = command_queue_arguments(settings.topology, settings.queue_type, settings.delivery_limit,
-                                        settings.single_active_consumer)
+                                        settings.single_active_consumer, settings.quorum_group_size)
     return _queue_check(ctx, "command_queue", settings.topology.command_queue, arguments)
 
 
 def check_dead_queue(ctx: Context) -> Check:
     settings = ctx.settings
     return _queue_check(ctx, "dead_queue", settings.topology.dead_letter_queue,
-                        {"x-queue-type": settings.queue_type})
+                        dead_queue_arguments(settings.queue_type, settings.quorum_group_size))
 
 
 def _queue_check(ctx: Context, name: str, queue: str, arguments: dict[str, Any]) -> Check:
