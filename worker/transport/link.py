@@ -7,10 +7,8 @@ Two channels per connection:
 - the *publish* channel, in confirm mode: every publish gets a delivery tag, and its callback runs
   once the broker confirms it. Publishes made while no channel is open wait in an outbox; publishes
   unconfirmed when a connection is lost go back to the front of the outbox and are sent again.
-- the *consume* channel: prefetch, manual acks, coalesced per turn of the loop (worker.transport.acks).
-  Each delivery remembers the channel generation it came from; an ack for an older generation is
-  dropped (that message is redelivered by the broker and answered from the journal), never sent
-  with a stale delivery tag.
+- the *consume* channel: prefetch, manual acks coalesced per turn of the loop, stale acks dropped
+  (worker/transport/consumer.py).
 
 Events wait in a buffer of their own while no channel is open; it is bounded, and events dropped
 beyond the bound (oldest first) are counted and logged. Results are never dropped
@@ -32,7 +30,7 @@ from pika.adapters.select_connection import IOLoop
 from pika.exceptions import AMQPError
 from pika.spec import Basic, BasicProperties
 
-from worker.transport.acks import AckBatcher
+from worker.transport.consumer import Consumer
 from worker.transport.outbox import Outbox
 from worker.transport.parameters import where
 from worker.transport.port import Delivery, Outgoing
@@ -69,12 +67,7 @@ class AmqpLink:
         self._thread = threading.Thread(target=self._run, name="amqp-io", daemon=True)
         self._connection: pika.SelectConnection | None = None
         self._publish_channel: Any = None
-        self._consume_channel: Any = None
-        self._consumer_tag: str | None = None
-        self._consuming_wanted = True
-        self._generation = 0
-        self._acks = AckBatcher()
-        self._ack_flush_scheduled = False
+        self._consumer = Consumer(queue, self._ioloop.call_later)
         self._outbox = Outbox(event_buffer)
         self._backoff = RECONNECT_MIN
         self._nacks_in_a_row = 0
@@ -110,16 +103,16 @@ class AmqpLink:
 
     def ack(self, delivery: Delivery) -> None:
         if threading.get_ident() == self._thread.ident:  # a confirm callback: no hand-over needed
-            self._settle(delivery, ack=True)
+            self._consumer.settle(delivery, ack=True)
         else:
-            self.call_soon(lambda: self._settle(delivery, ack=True))
+            self.call_soon(lambda: self._consumer.settle(delivery, ack=True))
 
     def requeue(self, delivery: Delivery) -> None:
         """Give a message back to the queue untouched (it was never started)."""
-        self.call_soon(lambda: self._settle(delivery, ack=False))
+        self.call_soon(lambda: self._consumer.settle(delivery, ack=False))
 
     def stop_consuming(self) -> None:
-        self.call_soon(self._cancel_consumer)
+        self.call_soon(self._consumer.cancel)
 
     def pending_publishes(self) -> int:
         return len(self._outbox)
@@ -191,9 +184,7 @@ class AmqpLink:
         was_ready = self._ready.is_set()
         self._ready.clear()
         self._publish_channel = None
-        self._consume_channel = None
-        self._consumer_tag = None
-        self._new_generation()
+        self._consumer.lost()
         self._outbox.take_back_unconfirmed()
         if was_ready and self._on_disconnected is not None:
             self._on_disconnected(reason)
@@ -289,13 +280,11 @@ class AmqpLink:
         self._connection.channel(on_open_callback=self._on_consume_channel_open)
 
     def _on_consume_channel_open(self, channel: Any) -> None:
-        self._consume_channel = channel
         channel.add_on_close_callback(self._on_consume_channel_closed)
         channel.basic_qos(prefetch_count=self._prefetch, callback=lambda _frame: self._start_consuming(channel))
 
     def _start_consuming(self, channel: Any) -> None:
-        if self._consuming_wanted:
-            self._consumer_tag = channel.basic_consume(self._queue, self._on_message, auto_ack=False)
+        self._consumer.start(channel, self._on_message)
         self._backoff = RECONNECT_MIN
         self._failures = 0
         self._ready.set()
@@ -305,64 +294,24 @@ class AmqpLink:
             self._on_connected()
 
     def _on_consume_channel_closed(self, channel: Any, reason: Exception) -> None:
-        if channel is not self._consume_channel:
+        if channel is not self._consumer.channel:
             return
         if self._connection is None or not self._connection.is_open or self._stopping:
             return
         log.warning("consume channel closed; reopening it", extra={"reason": repr(reason)})
-        self._consume_channel = None
-        self._consumer_tag = None
-        self._new_generation()
+        self._consumer.lost()
         self._ready.clear()
         if self._on_disconnected is not None:
             self._on_disconnected(f"consume channel closed: {reason!r}")
         self._open_consume_channel()
 
-    def _new_generation(self) -> None:
-        """The consume channel is gone: its deliveries can no longer be settled."""
-        self._generation += 1
-        self._acks = AckBatcher()
-
     def _on_message(self, _channel: Any, method: Basic.Deliver, properties: BasicProperties, body: bytes) -> None:
-        self._acks.delivered(method.delivery_tag)
-        self._on_delivery(Delivery(generation=self._generation, delivery_tag=method.delivery_tag,
-                                   redelivered=bool(method.redelivered), routing_key=method.routing_key,
-                                   properties=properties, body=body))
-
-    def _settle(self, delivery: Delivery, *, ack: bool) -> None:
-        channel = self._consume_channel
-        if delivery.generation != self._generation or channel is None or not channel.is_open:
-            log.info("not settling a delivery from a closed channel; the broker redelivers it",
-                     extra={"delivery_tag": delivery.delivery_tag})
-            return
-        if ack:
-            self._acks.ack(delivery.delivery_tag)
-            if not self._ack_flush_scheduled:  # at the end of this turn of the loop (worker.transport.acks)
-                self._ack_flush_scheduled = True
-                self._ioloop.call_later(0, self._flush_acks)
-        else:
-            self._acks.nacked(delivery.delivery_tag)
-            channel.basic_nack(delivery.delivery_tag, requeue=True)
-
-    def _flush_acks(self) -> None:
-        self._ack_flush_scheduled = False
-        channel = self._consume_channel
-        if channel is None or not channel.is_open:
-            return
-        for tag, multiple in self._acks.flush():
-            channel.basic_ack(tag, multiple=multiple)
-
-    def _cancel_consumer(self) -> None:
-        self._consuming_wanted = False
-        channel, tag = self._consume_channel, self._consumer_tag
-        if channel is not None and channel.is_open and tag is not None:
-            channel.basic_cancel(tag)
-        self._consumer_tag = None
+        self._on_delivery(self._consumer.delivered(method, properties, body))
 
     # ---- shutdown ------------------------------------------------------------------------------
 
     def _close_when_flushed(self, timeout: float, waited: float = 0.0) -> None:
-        self._flush_acks()
+        self._consumer.flush_acks()
         pending = self.pending_publishes()
         if pending and waited < timeout and self._connection is not None:
             self._ioloop.call_later(0.05, lambda: self._close_when_flushed(timeout, waited + 0.05))
