@@ -97,15 +97,17 @@ class RabbitCluster:
         """Start killed node n again; returns once it has rejoined the cluster."""
         self.run("restart", str(n))
 
-    def cut(self, n: int | str) -> None:
-        """Take node n's link down (or "host": the link of this machine, where tests and workers run).
-        Silent: no RST, no FIN; peers and clients find out by timeouts."""
-        self.run("cut", str(n))
+    def cut(self, what: int | str, node: int | None = None) -> None:
+        """Silent cuts (no RST, no FIN: peers and clients find out by timeouts):
+        cut(n) takes node n's link down, from every peer and client (a minority: it pauses);
+        cut("host") takes this machine's link down (tests and workers lose every node, the cluster
+        stays whole); cut("host", n) drops traffic between this machine and node n only."""
+        self.run("cut", str(what), *([str(node)] if node is not None else []))
 
-    def heal(self, n: int | str) -> None:
-        """Bring the link up again. Does not wait: a paused node restarts its app within seconds
+    def heal(self, what: int | str, node: int | None = None) -> None:
+        """Undo cut(what, node). Does not wait: a paused node restarts its app within seconds
         (wait_formed() waits for that)."""
-        self.run("heal", str(n))
+        self.run("heal", str(what), *([str(node)] if node is not None else []))
 
     # ---------------------------------------------------------------------------------- queries
 

@@ -273,6 +273,17 @@ def test_cut_host_silences_every_node_for_clients_but_not_the_cluster(rabbit_clu
                         15, "every node reachable from the host"))
 
 
+def test_cut_between_host_and_one_node_leaves_the_others_reachable(rabbit_cluster):
+    endpoints = [rabbit_cluster.url(n).split("@", 1)[1].split("/", 1)[0].split(":") for n in NODES]
+    rabbit_cluster.cut("host", 2)
+    try:
+        assert [tcp_outcome(host, int(port)) for host, port in endpoints] == ["open", "silent", "open"]
+        assert rabbit_cluster.answers(2)
+    finally:
+        rabbit_cluster.heal("host", 2)
+    assert [tcp_outcome(host, int(port)) for host, port in endpoints] == ["open"] * 3
+
+
 def test_start_when_running_is_fast(rabbit_cluster):
     began = time.monotonic()
     rabbit_cluster.run("start")
