@@ -24,6 +24,7 @@ import pytest
 from messages.client import StorageClient
 from messages.results import Result
 from tests.conftest import AMQP_URL, LIBVIRT_URI, require, unique
+from tests.integration.cluster import rabbit_cluster, rabbit_cluster_session  # noqa: F401 (fixtures)
 from worker.app import Worker
 from worker.config import Settings
 
