@@ -21,9 +21,9 @@ AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2
 # over many runs searches further. HYPOTHESIS_PROFILE picks one by name (e.g. "thorough" for a long
 # search before a release). Deadlines are generous: the machine is shared and a first example pays
 # for imports and caches.
-settings.register_profile("ci", max_examples=200, deadline=2000, derandomize=True, print_blob=True,
+settings.register_profile("ci", max_examples=100, deadline=2000, derandomize=True, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("dev", max_examples=200, deadline=2000, print_blob=True,
+settings.register_profile("dev", max_examples=100, deadline=2000, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("thorough", max_examples=5000, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])

@@ -11,6 +11,7 @@ good share of what it makes is still rejected — by the model, with a message.
 from __future__ import annotations
 
 import json
+from datetime import timedelta, timezone
 from functools import cache
 from typing import Any
 
@@ -20,6 +21,9 @@ from messages.operations import OPERATIONS
 from messages.pools import _REQUIREMENTS, PoolDefineArgs
 
 OPS = sorted(OPERATIONS)
+# Fixed offsets: st.timezones() reads the zone database at every draw, slow enough to dominate a run.
+ZONES = st.sampled_from([timezone.utc, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8)),
+                         timezone(timedelta(hours=14))])
 
 # Text that is hard on parsers, XML and file systems: controls, NUL, surrogates, non-characters,
 # right-to-left marks, combining characters, path separators and traversal.
@@ -34,6 +38,7 @@ SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), BIG_INTS,
                     st.floats(allow_nan=True, allow_infinity=True), ANY_TEXT)
 
 
+@cache
 def json_values(max_leaves: int = 12) -> st.SearchStrategy[Any]:
     """Any JSON value (NaN and Infinity included: Python's json reads and writes them)."""
     return st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
@@ -41,6 +46,7 @@ def json_values(max_leaves: int = 12) -> st.SearchStrategy[Any]:
                         max_leaves=max_leaves)
 
 
+@cache
 def paths() -> st.SearchStrategy[str]:
     """Absolute-looking paths, some normalized, some with traversal, doubles, NULs, odd characters."""
     segment = st.one_of(st.from_regex(r"[A-Za-z0-9._-]{1,12}", fullmatch=True), AWKWARD,
@@ -125,8 +131,13 @@ def _pool_part(*where: str) -> st.SearchStrategy[Any]:
     return from_schema(schema, _POOL_SCHEMA["$defs"])
 
 
+@cache
+def pool_define_args() -> st.SearchStrategy[dict[str, Any]]:
+    return _pool_define_args()
+
+
 @st.composite
-def pool_define_args(draw: st.DrawFn) -> dict[str, Any]:
+def _pool_define_args(draw: st.DrawFn) -> dict[str, Any]:
     """pool.define arguments shaped by what each pool type takes (messages.pools' own table), with
     the values of each field drawn from the schema: most pass the model, some miss its finer rules."""
     kind = draw(st.sampled_from(sorted(_REQUIREMENTS)))
@@ -183,7 +194,7 @@ def envelopes() -> st.SearchStrategy[dict[str, Any]]:
         args = draw(st.one_of(model_args(op), json_values()) if known else json_values())
         document: dict[str, Any] = {"id": draw(command_id), "op": op, "args": args}
         if draw(st.integers(0, 9)) == 0:
-            document["deadline"] = draw(st.one_of(st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
+            document["deadline"] = draw(st.one_of(st.datetimes(timezones=ZONES).map(lambda d: d.isoformat()),
                                                   json_values(2)))
         if draw(st.integers(0, 19)) == 0:
             document[draw(ANY_TEXT)] = draw(json_values(2))
@@ -195,6 +206,7 @@ def envelopes() -> st.SearchStrategy[dict[str, Any]]:
     return build()
 
 
+@cache
 def bodies() -> st.SearchStrategy[bytes]:
     """Message bodies: command documents as JSON, any JSON, any bytes, truncated JSON."""
     as_json = envelopes().map(lambda document: json.dumps(document).encode())

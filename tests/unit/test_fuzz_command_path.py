@@ -98,6 +98,16 @@ def aimed(op: str, args: Any, where: dict[str, Any]) -> Any:
     return args
 
 
+# AMQP properties as pika decodes them: a short string that is not UTF-8 arrives as bytes.
+PROPERTIES = st.fixed_dictionaries({}, optional={
+    "message_id": st.one_of(st.text(max_size=10), st.binary(max_size=4)),
+    "content_type": st.one_of(st.text(max_size=10), st.binary(max_size=4)),
+    "headers": st.dictionaries(st.text(max_size=6), json_values(4), max_size=3),
+    "reply_to": st.sampled_from([None, REPLIES]),
+})
+SEEDS = st.integers(0, 2**32)
+
+
 @st.composite
 def messages(draw: st.DrawFn) -> tuple[bytes, dict[str, Any]]:
     """(body, AMQP properties): a generated command aimed at the fuzz pool, any body at all, or a
@@ -113,14 +123,8 @@ def messages(draw: st.DrawFn) -> tuple[bytes, dict[str, Any]]:
     elif kind == "any":
         body = draw(bodies())
     else:
-        return draw(st.integers(0, 2**32).map(_mutated))
-    properties = draw(st.fixed_dictionaries({}, optional={
-        "message_id": st.one_of(st.text(max_size=10), st.binary(max_size=4)),
-        "content_type": st.one_of(st.text(max_size=10), st.binary(max_size=4)),
-        "headers": st.dictionaries(st.text(max_size=6), json_values(4), max_size=3),
-        "reply_to": st.sampled_from([None, REPLIES]),
-    }))
-    return body, properties
+        return _mutated(draw(SEEDS))
+    return body, draw(PROPERTIES)
 
 
 _MUTATOR_PLACES: dict[str, Path] = {}
@@ -158,8 +162,9 @@ def command_id_of(body: bytes) -> str | None:
     return value if isinstance(value, str) else None
 
 
-# Each example is a batch through a running worker: a fifth of the profile's examples (40 in CI).
-@settings(max_examples=max(20, settings.default.max_examples // 5), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# Each example is a batch through a running worker: a fifth of the profile's examples (20 in CI).
+@settings(max_examples=max(20, settings.default.max_examples // 5), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(batch=st.lists(messages(), min_size=1, max_size=6))
 def test_every_message_is_answered_once_or_dead_lettered_and_the_worker_lives(fuzzed, batch):
     _MUTATOR_PLACES["root"] = fuzzed.root
@@ -189,7 +194,8 @@ def test_every_message_is_answered_once_or_dead_lettered_and_the_worker_lives(fu
                     or (delivery.delivery_tag in link.acked and bool(answers or dead)))
         link.wait(settled, timeout=15)
         assert not link.unsendable, f"published what a broker would refuse: {link.unsendable[0]}"
-        assert delivery.delivery_tag not in link.requeued, f"handed back to the queue (the intake crashed): {body[:200]!r}"
+        assert delivery.delivery_tag not in link.requeued, \
+            f"handed back to the queue (the intake crashed): {body[:200]!r}"
         answers, dead = outcome(fuzzed, delivery, correlation_id, command_id)
         results = [json.loads(m.body) for m in answers]
         if dead:

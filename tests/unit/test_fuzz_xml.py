@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 from lxml import etree
 from pydantic import BaseModel, ValidationError
 
-from messages.fields import normalized_absolute
-from messages.pools import PoolDefineArgs
+from messages.pools import PoolDefineArgs, PoolTarget
 from messages.volumes import VolumeAttachArgs, VolumeCreateArgs, VolumeFormat
 from tests.conftest import require
 from tests.strategies import model_args, paths, pool_define_args
@@ -67,10 +66,13 @@ def pool_targets() -> st.SearchStrategy[str]:
     """Target paths pool.define accepts: where libvirt puts a dir pool's volumes."""
     def accepted_path(path: str) -> bool:
         try:
-            return normalized_absolute(path) == path
-        except ValueError:
+            return PoolTarget.model_validate({"path": path}).path == path
+        except ValidationError:
             return False
-    return paths().filter(accepted_path)
+    segment = st.text(st.characters(exclude_categories=("Cs", "Cc"), exclude_characters="/\ufffe\uffff"),
+                      min_size=1, max_size=10).filter(lambda name: name not in (".", ".."))
+    made = st.lists(segment, min_size=1, max_size=4).map(lambda names: "/" + "/".join(names))
+    return st.one_of(made, paths()).filter(accepted_path)
 
 
 @given(model_args("volume.create"), pool_targets(), st.sampled_from([None, "raw", "qcow2"]))

@@ -474,6 +474,7 @@ def test_what_no_libvirt_xml_can_carry_is_refused_naming_the_field(document, mes
     assert message in error_of(document)
 
 
-@pytest.mark.parametrize("host", ["::1", "fe80::1", "1:2:3:4:5:6:7:8", "::ffff:c000:20a", "192.0.2.10", "nfs.example.com"])
+@pytest.mark.parametrize("host", ["::1", "fe80::1", "1:2:3:4:5:6:7:8", "::ffff:c000:20a", "192.0.2.10",
+                                  "nfs.example.com"])
 def test_host_names_libvirt_takes(host):
     assert PoolDefineArgs.model_validate(with_source("gluster", host=[{"name": host}])).source.host[0].name == host
