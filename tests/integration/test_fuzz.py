@@ -228,6 +228,7 @@ def test_thousands_of_mutated_commands_are_each_answered_once_or_dead_lettered(f
         sender.close()
 
     tally: Counter = Counter()
+    libvirt_internal: Counter = Counter()  # libvirt's errors that fit no other code: shown, not failed
     problems: list[str] = []
     for correlation_id, message in sent.items():
         replies = sender.replies.get(correlation_id, [])
@@ -247,6 +248,9 @@ def test_thousands_of_mutated_commands_are_each_answered_once_or_dead_lettered(f
         for answer in answers:
             if crashed(answer):
                 problems.append(f"a handler crashed: {answer['error']['message']}: {what}")
+        for answer in answers[:1]:
+            if (answer["error"] or {}).get("code") == "internal" and not crashed(answer):
+                libvirt_internal[answer["error"]["message"][:100]] += 1
         if dead:
             tally[("dead-lettered", "-")] += 1
         elif answers:
@@ -270,6 +274,8 @@ def test_thousands_of_mutated_commands_are_each_answered_once_or_dead_lettered(f
         print(f"  {status:14} {code:12} {count:6}")
     print(f"  pools of the test: {sorted(pools)}; new files outside the root: {sorted(new_files)}; "
           f"in the outside dir: {sorted(new_outside)}; watched files changed: {changed}")
+    for message, count in libvirt_internal.most_common(5):
+        print(f"  internal from libvirt x{count}: {message}")
     for problem in problems[:40]:
         print("  PROBLEM", problem)
 
