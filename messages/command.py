@@ -104,7 +104,7 @@ def decode(body: bytes) -> Command:
     extra = sorted(set(document) - _ENVELOPE_FIELDS)
     if extra:
         known = op if isinstance(op, str) and op in OPERATIONS else None
-        raise reject(f"{extra[0]!r} is not a field of the command envelope "
+        raise reject(f"{shown(extra[0])} is not a field of the command envelope "
                      f"(allowed: args, deadline, id, op; got {shown(document[extra[0]])})", known)
     if op is None:
         raise reject("op is required")

@@ -16,6 +16,12 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
 COMMAND_ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
 MAX_SIZE = 2**63 - 1
 MAX_PATH = 4096
+# Characters no libvirt XML can carry in a name, path or label: XML 1.0 has no place for the C0
+# controls (but tab and line breaks) nor U+FFFE/U+FFFF, and libvirt's schema patterns refuse tabs
+# and line breaks too (absFilePath is "(/|[a-zA-Z]:\\).+", and "." matches no line break).
+# lxml refuses to build an element that holds one.
+NOT_IN_XML = r"\x00-\x1f\uFFFE\uFFFF"
+_NOT_IN_XML = re.compile(f"[{NOT_IN_XML}]")
 
 ResourceName = Annotated[
     str,
@@ -38,6 +44,10 @@ def normalized_absolute(value: str) -> str:
     """The path itself when it is absolute and normalized, else ValueError naming the rule."""
     if "\x00" in value:
         raise ValueError("a path must not contain a NUL character")
+    found = _NOT_IN_XML.search(value)
+    if found is not None:
+        raise ValueError(f"a path must not contain control characters (U+0000-U+001F) or U+FFFE/U+FFFF; "
+                         f"found {found.group()!r} at position {found.start()}")
     if not value.startswith("/"):
         raise ValueError("a path must be absolute (start with /)")
     if posixpath.normpath(value) != value or value.startswith("//"):

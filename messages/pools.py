@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
 import re
 import uuid as uuidlib
@@ -9,17 +10,33 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, StrictBool, StringConstraints, model_validator
 
-from messages.fields import AbsolutePath, OctalMode, ResourceName, Strict, normalized_absolute
+from messages.fields import NOT_IN_XML, AbsolutePath, OctalMode, ResourceName, Strict, normalized_absolute
 
 PoolType = Literal[
     "dir", "fs", "netfs", "logical", "disk", "iscsi", "iscsi-direct", "scsi", "mpath",
     "rbd", "sheepdog", "gluster", "zfs", "vstorage",
 ]
 
-# libvirt's schema: a DNS name ([A-Za-z0-9.-]) or an IPv4/IPv6 address, written bare (no brackets).
-HostName = Annotated[str, StringConstraints(min_length=1, max_length=253,
-                                            pattern=r"^[A-Za-z0-9.:-]+$")]
-Text = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^\x00-\x1f]+$")]
+
+def _host_name(value: str) -> str:
+    # libvirt's schema takes a DNS name ([A-Za-z0-9.-]) or an IP address; a name with a colon can
+    # only be an IPv6 address, and its pattern knows the hexadecimal spellings of every address
+    # but not every spelling with a dotted IPv4 tail.
+    if ":" in value:
+        try:
+            ipaddress.IPv6Address(value)
+        except ValueError:
+            raise ValueError("a host name with ':' must be an IPv6 address") from None
+        if "." in value:
+            raise ValueError("write an IPv6 address in hexadecimal groups (e.g. '::ffff:c000:20a', "
+                             "not '::ffff:192.0.2.10')")
+    return value
+
+
+# A DNS name, an IPv4 address or an IPv6 address, written bare (no brackets).
+HostName = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:-]+$"),
+                     AfterValidator(_host_name)]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=rf"^[^{NOT_IN_XML}]+$")]
 
 
 class SourceHost(Strict):
@@ -82,7 +99,8 @@ class SourceAuth(Strict):
 
 
 class SourceInitiator(Strict):
-    iqn: Annotated[str, StringConstraints(min_length=4, max_length=223, pattern=r"^(iqn|eui|naa)\.[^\s]+$")]
+    iqn: Annotated[str, StringConstraints(min_length=4, max_length=223,
+                                          pattern=rf"^(iqn|eui|naa)\.[^\s{NOT_IN_XML}]+$")]
 
 
 class PoolSource(Strict):
@@ -107,8 +125,15 @@ class TargetPermissions(Strict):
     label: Text | None = None
 
 
+def _below_root(value: str) -> str:
+    # libvirt's schema (absFilePath) wants at least one character after the leading '/'.
+    if value == "/":
+        raise ValueError("a pool's target path cannot be '/' itself; name a directory under it")
+    return value
+
+
 class PoolTarget(Strict):
-    path: AbsolutePath
+    path: Annotated[AbsolutePath, AfterValidator(_below_root)]
     permissions: TargetPermissions | None = None
 
 

@@ -10,9 +10,24 @@ import os
 import uuid
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 LIBVIRT_URI = os.environ.get("TEST_LIBVIRT_URI", "qemu:///system")
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+# Property tests (hypothesis): in CI a fixed, derandomized run, so a red build is reproducible and
+# a green one does not depend on luck; on a developer's machine a random run of the same size, which
+# over many runs searches further. HYPOTHESIS_PROFILE picks one by name (e.g. "thorough" for a long
+# search before a release). Deadlines are generous: the machine is shared and a first example pays
+# for imports and caches.
+settings.register_profile("ci", max_examples=100, deadline=2000, derandomize=True, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=100, deadline=2000, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=5000, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 
 def require(condition: bool, why: str) -> None:

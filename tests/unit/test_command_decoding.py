@@ -194,6 +194,17 @@ def test_unknown_envelope_field():
     assert error.op == "volume.create"
 
 
+def test_unknown_field_names_are_cut_and_many_problems_counted():
+    """Found by test_fuzz_decode.py: a field name of 200 000 characters came back whole in the reason."""
+    envelope = rejected(command("host.info", {}, **{"k" * 200_000: 1}))
+    assert len(envelope.reason) < 300 and "'kkkk" in envelope.reason and "..." in envelope.reason
+    args = rejected(command("volume.info", {"pool": "p", "name": "v", "k" * 200_000: 1}))
+    assert args.reason.startswith("args.kkkk") and len(args.reason) < 300
+    many = rejected(command("volume.info", {"pool": "p", "name": "v", **{f"f{i}": i for i in range(5000)}}))
+    assert "args.f0 is not a field of volume.info" in many.reason
+    assert many.reason.endswith("args: 4990 more problems not listed") and len(many.reason) < 2000
+
+
 def test_unknown_envelope_field_with_an_unhashable_op_is_rejected_not_a_crash():
     error = rejected(command(["volume.create"], CREATE, extra="x"))
     assert "'extra' is not a field" in error.reason and "'x'" in error.reason

@@ -187,6 +187,59 @@ def test_a_message_that_is_not_a_command_is_answered_and_dead_lettered(path):
     assert "x-storage-worker-reason" in dead[0].properties.headers
 
 
+def test_a_message_id_that_is_not_utf8_names_the_answer_escaped(path):
+    """Found by test_fuzz_command_path.py: pika hands a short string that is not UTF-8 over as
+    bytes, the result could not be made, and the intake gave the message back to the queue again
+    and again (the broker's delivery limit dead-lettered it in the end, without an answer)."""
+    delivery = path.link.deliver(b"not json", message_id=b"id-\xfe", correlation_id="c-1")
+    path.link.wait(lambda: delivery.delivery_tag in path.link.acked)
+    assert delivery.delivery_tag not in path.link.requeued
+    answer = [body for _, body in path.link.sent_to("") if body["id"] == "id-\\xfe"]
+    assert len(answer) == 1 and answer[0]["status"] == "rejected"
+    dead = [m for m in path.link.published if m.exchange == path.worker.topology.dead_letter_exchange]
+    assert [m.properties.message_id for m in dead] == [b"id-\xfe"], "the dead letter keeps the original"
+
+
+@pytest.mark.parametrize("headers, dropped", [
+    ({"trace": "abc"}, None),
+    ({"big": "h" * 130_900}, "bytes with the reason, over the 65536 a copy may"),  # just under a frame
+    ({"ratio": 2.5}, "pika cannot send the original headers again"),  # what other clients may send
+])
+def test_a_dead_letter_carries_the_original_headers_only_when_they_can_be_sent(path, headers, dropped):
+    """Found by the live fuzz test: the copy of headers just under the broker's frame size, plus the
+    reason, no longer fit in a frame; the broker closed the connection, and the copy, sent again at
+    every reconnect, closed it again: the worker never served another command. Headers pika cannot
+    encode (a float) would have waited in the link's outbox for ever, the message never settled."""
+    delivery = path.link.deliver(b"not json", message_id="dead-1", headers=headers)
+    path.link.wait(lambda: delivery.delivery_tag in path.link.acked)
+    dead = [m for m in path.link.published if m.exchange == path.worker.topology.dead_letter_exchange]
+    assert len(dead) == 1 and dead[0].body == b"not json" and not path.link.unsendable
+    copied = dead[0].properties.headers
+    assert "not JSON" in copied["x-storage-worker-reason"]
+    if dropped is None:
+        assert copied["trace"] == "abc" and "x-storage-worker-headers-dropped" not in copied
+    else:
+        assert dropped in copied["x-storage-worker-headers-dropped"] and set(copied) == {
+            "x-storage-worker-reason", "x-storage-worker-headers-dropped"}
+
+
+def test_a_stored_result_waiting_for_its_confirm_goes_into_custody_without_an_operation(make_path, caplog):
+    """Found by the live fuzz test: a repeat of a rejected command (unknown op) whose result the
+    broker had not confirmed yet waits as a placeholder; when it became overdue for custody, the
+    custody pass failed on its empty op, every heartbeat, and pruned and scanned nothing any more."""
+    path = make_path(own_after=0.5)
+    path.link.hold_confirms()
+    body = {"id": "unconfirmed-1", "op": "volume.explode", "args": {}}
+    first = path.link.deliver(body, correlation_id="first")
+    path.link.wait(lambda: any(m.properties.correlation_id == "first" for m in path.link.published))
+    again = path.link.deliver(body, correlation_id="again")
+    path.link.wait(lambda: again.delivery_tag in path.link.acked, timeout=10)  # custody took it
+    assert first.delivery_tag not in path.link.acked, "the first waits for its confirm"
+    assert "custody pass failed" not in caplog.text
+    path.link.confirm_held()
+    path.link.wait(lambda: first.delivery_tag in path.link.acked)
+
+
 def test_a_queued_command_is_cancelled_before_it_starts(path):
     gate = path.block_executors()
     name = volume_name()

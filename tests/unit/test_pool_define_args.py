@@ -453,3 +453,28 @@ def test_attach_target_pattern_accepts(target):
 def test_attach_target_pattern_refuses(target):
     message = error_of({"domain": "vm1", "pool": "p", "name": "v", "target": target}, VolumeAttachArgs)
     assert "args.target" in message and repr(target) in message
+
+
+# --- what the property tests (test_fuzz_xml.py) found the models let through to the XML builders ---
+
+@pytest.mark.parametrize("document, message", [
+    # lxml cannot build an element holding a control character or U+FFFE/U+FFFF: the handler crashed.
+    (spec("dir", target={"path": "/srv/a\x1bb"}), "found '\\x1b' at position 6"),
+    (spec("dir", target={"path": "/srv/\ufffe"}), "U+FFFE/U+FFFF"),
+    (with_source("zfs", name="tank\uffff"), "args.source.name: String should match pattern"),
+    (with_source("iscsi-direct", initiator={"iqn": "iqn.\x1b"}), "args.source.initiator.iqn"),
+    # libvirt's schema refuses these: absFilePath needs a character after '/', '.' no line break,
+    # a host name with ':' must be an IPv6 address its pattern knows.
+    (spec("dir", target={"path": "/"}), "a pool's target path cannot be '/' itself"),
+    (spec("dir", target={"path": "/srv/a\nb"}), "found '\\n' at position 6"),
+    (with_source("sheepdog", host=[{"name": ":"}]), "a host name with ':' must be an IPv6 address"),
+    (with_source("rbd", host=[{"name": "::ffff:192.0.2.10"}]), "write an IPv6 address in hexadecimal groups"),
+])
+def test_what_no_libvirt_xml_can_carry_is_refused_naming_the_field(document, message):
+    assert message in error_of(document)
+
+
+@pytest.mark.parametrize("host", ["::1", "fe80::1", "1:2:3:4:5:6:7:8", "::ffff:c000:20a", "192.0.2.10",
+                                  "nfs.example.com"])
+def test_host_names_libvirt_takes(host):
+    assert PoolDefineArgs.model_validate(with_source("gluster", host=[{"name": host}])).source.host[0].name == host

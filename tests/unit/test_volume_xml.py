@@ -10,6 +10,7 @@ from lxml import etree
 from messages.objects import VolumeObject
 from tests.conftest import require
 from worker.virt import volume_xml
+from worker.virt.sizes import reported_size
 
 SCHEMA = Path("/usr/share/libvirt/schemas/storagevol.rng")
 
@@ -163,3 +164,14 @@ def test_read_resolves_no_external_entities(tmp_path):
            "<volume><name>&x;</name><capacity unit='bytes'>1</capacity></volume>")
     volume = volume_xml.read("p", xml)
     assert "TOP-SECRET" not in volume.name
+
+
+def test_a_size_libvirt_wrapped_below_zero_reads_as_zero():
+    """Found by the live fuzz test: a dir pool on a tmpfs filled past its limit reported an
+    allocation of 2**64 - 63832064; describing the pool failed validation, and every pool.info,
+    pool.list, pool.stop ... of that host ended `internal`."""
+    assert reported_size(18446744073645719552) == 0 and reported_size(-1) == 0
+    assert reported_size(2**63 - 1) == 2**63 - 1 and reported_size(0) == 0
+    xml = OVERLAY.replace("<allocation unit='bytes'>200704</allocation>",
+                          "<allocation unit='bytes'>18446744073645719552</allocation>")
+    assert volume_xml.read("images", xml).allocation == 0

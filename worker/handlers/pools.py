@@ -17,7 +17,7 @@ from messages.pools import (PoolAutostartArgs, PoolBuildArgs, PoolDefineArgs, Po
 from worker.errors import conflict, invalid, unsupported
 from worker.handlers.context import Context
 from worker.handlers.registry import handles
-from worker.handlers.paths import check_pool_target
+from worker.handlers.paths import check_pool_target, is_local
 from worker.virt import pool_xml
 from worker.virt.describe import pool_object, pool_type, supported_pool_types
 
@@ -33,7 +33,7 @@ def _change(ctx: Context, pool: libvirt.virStoragePool) -> PoolChange:
 
 @handles(POOL_DEFINE)
 def define(ctx: Context, a: PoolDefineArgs) -> PoolChange:
-    check_pool_target(a, ctx.settings.allowed_roots)
+    check_pool_target(a, ctx.settings.allowed_roots, local=is_local(ctx.settings.libvirt_uri))
     supported = supported_pool_types(ctx.conn)
     if a.type not in supported:
         raise unsupported(f"libvirt on host {ctx.settings.host_id} has no backend for {a.type} pools "

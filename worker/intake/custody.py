@@ -86,7 +86,8 @@ class Custody:
             if delivery is None:
                 return
             command = flight.command
-            if OPERATIONS[command.op].read_only:  # not written at intake
+            operation = OPERATIONS.get(command.op)  # None: a placeholder whose stored result waits for a confirm
+            if operation is not None and operation.read_only:  # not written at intake
                 self._journal.receive(command.id, command.fingerprint, command.op, body=delivery.body,
                                       reply_to=flight.reply_to, correlation_id=flight.correlation_id)
             self._journal.own(command.id, self._owner)

@@ -27,6 +27,12 @@ from worker.transport.results import ResultPublisher, countdown
 log = logging.getLogger(__name__)
 
 
+def text_of(value: str | bytes | None) -> str | None:
+    """A short-string property as text. pika hands one that is not UTF-8 over as bytes; a result
+    names it with its bytes escaped (b'\\x80' becomes '\\\\x80')."""
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+
+
 def reply_to(delivery: Delivery) -> str | None:
     return delivery.properties.reply_to or None
 
@@ -114,7 +120,7 @@ class Settlement:
     def undecodable(self, delivery: Delivery, reason: str, received_at: datetime) -> None:
         """Not a command at all: answer reply_to if any, record on the results exchange, dead-letter.
         A redelivery of one already dead-lettered (its ack was lost) is only acknowledged."""
-        message_id = delivery.properties.message_id
+        message_id = text_of(delivery.properties.message_id)
         key = f"message-id:{message_id}" if message_id else f"sha256:{hashlib.sha256(delivery.body).hexdigest()}"
         if delivery.redelivered and self._journal.dead_lettered(key):
             self._link.ack(delivery)

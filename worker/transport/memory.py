@@ -11,11 +11,13 @@ from __future__ import annotations
 import itertools
 import json
 import queue
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from pika.spec import BasicProperties
+from pika.exceptions import AMQPError
+from pika.spec import FRAME_MAX_SIZE, BasicProperties
 
 from worker.transport.port import Delivery, Outgoing
 
@@ -31,6 +33,7 @@ class MemoryLink:
         self._confirming = True
         self._held: list[Outgoing] = []
         self.published: list[Outgoing] = []
+        self.unsendable: list[Outgoing] = []  # what a broker would refuse (see _publish)
         self.acked: list[int] = []
         self.requeued: list[int] = []
         self.consuming = True
@@ -72,12 +75,14 @@ class MemoryLink:
     # ---- what a test calls ----------------------------------------------------------------------
 
     def deliver(self, body: bytes | dict[str, Any], *, reply_to: str | None = "replies",
-                correlation_id: str | None = None, message_id: str | None = None, user_id: str | None = None,
-                redelivered: bool = False) -> Delivery:
-        """A message from the command queue, as the broker would deliver it (a dict is sent as JSON)."""
+                correlation_id: str | None = None, message_id: str | bytes | None = None, user_id: str | None = None,
+                redelivered: bool = False, **other: Any) -> Delivery:
+        """A message from the command queue, as the broker would deliver it (a dict is sent as JSON).
+        `other` properties (headers, content_type, ...) as pika decodes them: a short string that is
+        not UTF-8 arrives as bytes."""
         if isinstance(body, dict):
             body = json.dumps(body).encode()
-        properties = BasicProperties(content_type="application/json", reply_to=reply_to,
+        properties = BasicProperties(**{"content_type": "application/json", **other}, reply_to=reply_to,
                                      correlation_id=correlation_id, message_id=message_id, user_id=user_id)
         delivery = Delivery(generation=0, delivery_tag=next(self._tags), redelivered=redelivered,
                             routing_key="host", properties=properties, body=body)
@@ -123,7 +128,12 @@ class MemoryLink:
             work()
 
     def _publish(self, messages: tuple[Outgoing, ...]) -> None:
+        # What RabbitMQ would not take: properties pika cannot encode never leave the real link (they
+        # wait in its outbox), and a content header larger than a frame closes the connection.
+        sendable = [m for m in messages if _fits_a_frame(m.properties)]
         with self._lock:
+            self.unsendable.extend(m for m in messages if m not in sendable)
+            messages = tuple(sendable)
             self.published.extend(messages)
             confirming = self._confirming
             if not confirming:
@@ -138,3 +148,14 @@ class MemoryLink:
         with self._lock:
             into.append(delivery.delivery_tag)
             self._changed.notify_all()
+
+
+def _fits_a_frame(properties: BasicProperties) -> bool:
+    try:
+        encoded = sum(len(piece) for piece in properties.encode())
+    except (AMQPError, ValueError, TypeError, OverflowError, struct.error):
+        return False
+    return encoded + _CONTENT_HEADER_OVERHEAD <= FRAME_MAX_SIZE
+
+
+_CONTENT_HEADER_OVERHEAD = 8 + 12  # frame header and end, then class, weight and body size

@@ -3,8 +3,10 @@ reply_to, persistent and confirmed; and copies of undecodable messages to the de
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 
+from pika.exceptions import AMQPError
 from pika.spec import BasicProperties
 
 from messages.results import Result
@@ -12,6 +14,12 @@ from messages.topology import Topology
 from worker.transport.port import Delivery, Link, Outgoing
 
 REASON_HEADER = "x-storage-worker-reason"
+DROPPED_HEADER = "x-storage-worker-headers-dropped"
+# The most a dead letter's properties may take when they carry the original's headers. A content
+# header must fit in one AMQP frame (131072 bytes unless the broker says less): a copy that does
+# not is answered by the broker closing the connection, and the copy, sent again after every
+# reconnect, closes it again and again. Half a frame leaves the original room to spare.
+MAX_COPIED_PROPERTIES = 64 * 1024
 
 
 class _Countdown:
@@ -62,6 +70,9 @@ class ResultPublisher:
                                headers=headers, delivery_mode=2, correlation_id=props.correlation_id,
                                reply_to=props.reply_to, message_id=props.message_id, timestamp=props.timestamp,
                                type=props.type, app_id=props.app_id)
+        unfit = _unfit_to_copy(dead)
+        if unfit is not None:
+            dead.headers = {REASON_HEADER: reason, DROPPED_HEADER: unfit}
         self._link.publish(Outgoing(self._topology.dead_letter_exchange, delivery.routing_key, delivery.body,
                                     dead, then))
 
@@ -81,6 +92,18 @@ class ResultPublisher:
                                      correlation_id=correlation_id, message_id=result.id,
                                      type="result", app_id="storage-worker")
         return Outgoing(exchange, routing_key, body, properties, on_confirmed)
+
+
+def _unfit_to_copy(properties: BasicProperties) -> str | None:
+    """Why the original's headers cannot go with its dead letter, or None when they can: pika
+    decodes header values it cannot encode again (floats, for one), and a copy can outgrow a frame."""
+    try:
+        size = sum(len(piece) for piece in properties.encode())
+    except (AMQPError, ValueError, TypeError, OverflowError, struct.error) as error:
+        return f"pika cannot send the original headers again ({error.__class__.__name__})"
+    if size > MAX_COPIED_PROPERTIES:
+        return f"the original headers take {size} bytes with the reason, over the {MAX_COPIED_PROPERTIES} a copy may"
+    return None
 
 
 def countdown(count: int, then: Callable[[], None]) -> Callable[[], None]:

@@ -6,6 +6,7 @@ import libvirt
 
 from messages.objects import PoolObject, PoolState, VolumeObject
 from worker.virt import volume_xml
+from worker.virt.sizes import reported_size
 from worker.virt.xml import parse, text_of
 
 _STATES = {
@@ -22,6 +23,7 @@ def pool_object(pool: libvirt.virStoragePool, known: PoolObject | None = None) -
     only its state and sizes are asked for (one round trip instead of four): type, target path,
     persistence and autostart are taken from there. The periodic re-listing asks for everything."""
     state, capacity, allocation, available = pool.info()
+    capacity, allocation, available = reported_size(capacity), reported_size(allocation), reported_size(available)
     uuid = pool.UUIDString()
     if known is not None and known.uuid == uuid:
         return known.model_copy(update={"state": _STATES.get(state, PoolState.inaccessible), "capacity": capacity,

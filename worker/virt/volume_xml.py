@@ -5,6 +5,7 @@ from __future__ import annotations
 from lxml import etree
 
 from messages.objects import VolumeObject
+from worker.virt.sizes import reported_size
 from worker.virt.xml import attr_of, child, int_of, parse, text_of, to_string
 
 
@@ -35,8 +36,8 @@ def read(pool: str, xml: str) -> VolumeObject:
         path=text_of(root, "target/path") or "",
         type=root.get("type") or "file",
         format=attr_of(root, "target/format", "type"),
-        capacity=int_of(root, "capacity"),
-        allocation=int_of(root, "allocation"),
+        capacity=reported_size(int_of(root, "capacity")),
+        allocation=reported_size(int_of(root, "allocation")),
     )
 
 
