@@ -151,18 +151,51 @@ def describe_event(event) -> str:
 
 
 def cmd_events(ns: argparse.Namespace) -> int:
-    from messages.client import StorageClient
+    from messages.client import NoEventStream, StorageClient
 
     settings = _load(ns)
-    with StorageClient(settings.amqp_url.get_secret_value(), prefix=settings.prefix, ca_file=settings.amqp_ca_file,
-                       cert_file=settings.amqp_cert_file, key_file=settings.amqp_key_file) as client:
-        try:
-            for event in client.follow_events(ns.pattern):
-                line = event.model_dump_json(exclude_none=True) if ns.json else describe_event(event)
-                print(line, flush=True)
-        except KeyboardInterrupt:
-            return 0
-    return 0
+    replaying = ns.since is not None or ns.start is not None
+
+    def show(event, offset) -> None:
+        line = event.model_dump_json(exclude_none=True) if ns.json else describe_event(event)
+        print(line if ns.json or offset is None else f"{line} offset={offset}", flush=True)
+
+    def gap(missing) -> None:
+        print(f"storage-worker events: gap: {missing}", file=sys.stderr, flush=True)
+
+    try:
+        with StorageClient(settings.amqp_url.get_secret_value(), prefix=settings.prefix,
+                           ca_file=settings.amqp_ca_file, cert_file=settings.amqp_cert_file,
+                           key_file=settings.amqp_key_file) as client:
+            client.on_events(show, ns.pattern, since=ns.since, offset=ns.start, on_gap=gap if replaying else None)
+            while True:
+                client.pump(1.0)
+    except KeyboardInterrupt:
+        return 0
+    except NoEventStream as error:
+        print(f"storage-worker events: {error}", file=sys.stderr)
+        return 1
+    except (AMQPError, OSError) as error:
+        print(f"storage-worker events: cannot reach the broker: {error!r}", file=sys.stderr)
+        return 1
+
+
+def _since(text: str):
+    from messages.stream import parse_since
+
+    try:
+        return parse_since(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _start(text: str):
+    from messages.stream import parse_start
+
+    try:
+        return parse_start(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def cmd_dead(ns: argparse.Namespace) -> int:
@@ -244,11 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the result")
     call.set_defaults(func=cmd_call)
 
-    events = sub.add_parser("events", help="follow the events exchange, one line per event")
+    events = sub.add_parser("events", help="follow the events, one line per event; replay them with --since/--from")
     common(events)
     events.add_argument("pattern", nargs="?", default="#",
                         help="topic pattern on <host>.<event>, e.g. '*.volume.*' (default: everything)")
     events.add_argument("--json", action="store_true", help="print each event's JSON body")
+    start = events.add_mutually_exclusive_group()
+    start.add_argument("--since", type=_since, metavar="WHEN",
+                       help="replay from the event stream, from this long ago (10m, 2h, 7d) or this time "
+                            "(2026-12-01T10:00Z), then follow live")
+    start.add_argument("--from", dest="start", type=_start, metavar="WHERE",
+                       help="replay from the event stream from first, last, next or a stream OFFSET "
+                            "(printed as offset=N), then follow live")
     events.set_defaults(func=cmd_events)
 
     dead = sub.add_parser("dead", help="list or replay dead-lettered messages")
