@@ -124,7 +124,9 @@ class Fleet:
 
     def apply_result(self, result: Result) -> None:
         self.results_seen += 1
-        self._seen(result.host, result.finished_at).online = True
+        host = self.hosts.get(result.host)
+        if host is None or result.finished_at >= host.last_seen:  # not one from before an offline
+            self._seen(result.host, result.finished_at).online = True
         if result.id is not None:
             self._finish(result.id)
         if result.status is not Status.succeeded and not result.duplicate:
