@@ -103,3 +103,16 @@ def test_keys_come_one_by_one_without_echo_and_the_terminal_is_restored(terminal
 def test_keys_off_a_terminal_are_none(tmp_path):
     with open(tmp_path / "file", "w+") as stream, Keys(stream) as keys:
         assert keys.pressed() == ""
+
+
+def test_the_pools_get_the_lines_the_rest_leaves():
+    fleet = Fleet()
+    fleet.apply_event(worker(EventType.worker_online, "kvm-01", when=0))
+    for n in range(40):
+        fleet.apply_event(event(*pool(f"p{n:02d}"), when=n))
+    console = Console(width=120, height=30, record=True, color_system=None, file=open(os.devnull, "w"))
+    console.print(render(fleet, at(50), "p", height=30))
+    lines = console.export_text().rstrip("\n").splitlines()
+    assert len(lines) <= 30, "\n".join(lines)
+    assert sum(1 for line in lines if " p" in line and "running" in line) == 30 - 15, "\n".join(lines)
+    assert len(lines) == 30 and any("25 more pool(s) not shown" in line for line in lines)

@@ -31,13 +31,13 @@ def run(client: StorageClient, source: str, *, since: datetime | None, start: St
     client.on_results(fleet.apply_result)
     client.on_events(lambda event, _offset: fleet.apply_event(event), since=since, offset=start,
                      on_gap=fleet.apply_gap)
-    now = datetime.now(timezone.utc)
-    with Keys() as keys, Live(render(fleet, now, source), console=console, screen=True, auto_refresh=False,
-                              redirect_stdout=False, redirect_stderr=False) as live:
+    with Keys() as keys, Live(console=console, screen=True, auto_refresh=False, redirect_stdout=False,
+                              redirect_stderr=False) as live:
         drawn = 0.0
         while "q" not in keys.pressed().lower():
-            client.pump(PUMP)
             if time.monotonic() - drawn >= REDRAW_EVERY:
-                live.update(render(fleet, datetime.now(timezone.utc), source), refresh=True)
+                live.update(render(fleet, datetime.now(timezone.utc), source, live.console.size.height),
+                            refresh=True)
                 drawn = time.monotonic()
+            client.pump(PUMP)
     return 0

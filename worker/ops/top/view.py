@@ -13,7 +13,8 @@ from rich.text import Text
 from worker.ops.top.state import Fleet, JobView, PoolView
 
 BAR_WIDTH = 24
-POOLS_SHOWN = 15
+POOLS_SHOWN = 15  # without a screen height
+POOLS_SHOWN_AT_LEAST = 5
 BOX = box.SIMPLE_HEAD
 FULL, EMPTY = "█", "░"  # distinct without colour too, so a text capture shows the bar
 
@@ -119,11 +120,19 @@ def failures_table(fleet: Fleet) -> Table:
     return table
 
 
-def render(fleet: Fleet, now: datetime, source: str) -> RenderableType:
-    """The whole view; `source` says where it reads from (prefix and start)."""
+def pool_rows(fleet: Fleet, now: datetime, height: int) -> int:
+    """How many pool rows fit on a screen `height` lines high beside everything else (at least a few)."""
+    others = 1 + 3 * 4 + 1 + len(fleet.hosts) + len(fleet.running_jobs(now)) + len(fleet.failures)
+    return max(POOLS_SHOWN_AT_LEAST, height - others)
+
+
+def render(fleet: Fleet, now: datetime, source: str, height: int | None = None) -> RenderableType:
+    """The whole view; `source` says where it reads from (prefix and start). With a `height`, the
+    pools table gets the lines the other tables leave."""
     header = Text.assemble(("storage-worker top", "bold"), f"  {source}  ",
                            f"{fleet.events_seen} events, {fleet.results_seen} results  ",
                            (f"{len(fleet.gaps)} gap(s), last: {fleet.gaps[0]}  " if fleet.gaps else "", "yellow"),
                            ("q quits", "dim"))
-    return Group(header, hosts_table(fleet, now), pools_table(fleet), jobs_table(fleet.running_jobs(now)),
+    limit = POOLS_SHOWN if height is None else pool_rows(fleet, now, height)
+    return Group(header, hosts_table(fleet, now), pools_table(fleet, limit), jobs_table(fleet.running_jobs(now)),
                  failures_table(fleet))
