@@ -6,7 +6,9 @@
         print(result.status, result.result)
 
 Replies come over RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`), so no queue is declared.
-This is the only module of `messages` that imports pika.
+For monitoring, `follow_events` yields events, live or replayed from the event stream
+(`messages.stream` says how), and `on_events`/`on_results` with `pump` read events and results side
+by side. This is the only module of `messages` that imports pika.
 """
 
 from __future__ import annotations
