@@ -33,6 +33,7 @@ class Screen:
         require(shutil.which("tmux") is not None, "tmux is not installed")
         self.socket = unique("top-")
         self._tmux("new-session", "-d", "-s", "top", "-x", str(width), "-y", str(height), command)
+        self._socket_path = self._tmux("display-message", "-p", "#{socket_path}").stdout.strip()
 
     def _tmux(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["tmux", "-u", "-L", self.socket, "-f", "/dev/null", *args], capture_output=True,
@@ -64,7 +65,10 @@ class Screen:
             raise AssertionError(f"{error}; the screen:\n{self.text()}") from None
 
     def close(self) -> None:
+        """Ends the server and removes its socket, which tmux leaves behind."""
         self._tmux("kill-server")
+        if self._socket_path:
+            Path(self._socket_path).unlink(missing_ok=True)
 
 
 def percent(row: str) -> int:
