@@ -224,6 +224,22 @@ def _channels(topology: Topology, commands: dict, result: dict, events: dict, de
             "bindings": {"amqp": _exchange(topology.events_exchange, "topic")},
             "x-routing-key": "{host}.{event-suffix}",
         },
+        "eventStream": {
+            "address": topology.event_stream,
+            "title": "Event stream",
+            "summary": "Every host's events, kept for replay",
+            "description": f"Stream queue (x-queue-type=stream), durable, declared by the worker and bound to "
+                           f"{topology.events_exchange} with `#`: the same messages as the events exchange, in "
+                           f"the order the broker received them, kept for EVENT_STREAM_MAX_AGE (x-max-age, "
+                           f"default 7D) and at most EVENT_STREAM_MAX_BYTES (x-max-length-bytes, default 1 GiB). "
+                           f"Read it over AMQP 0-9-1 with a prefetch (basic.qos) and manual acks, choosing where "
+                           f"to start with the consumer argument x-stream-offset: first, last, next, an offset "
+                           f"(each message carries its own in the x-stream-offset header) or a timestamp. "
+                           f"Filter by routing key on the consumer's side. " + _PREFIX_NOTE,
+            "messages": refs(events),
+            "bindings": {"amqp": _queue(topology.event_stream)},
+            "x-queue-type": "stream",
+        },
         "deadLetters": {
             "address": topology.dead_letter_exchange,
             "title": "Dead-letter exchange",
@@ -280,6 +296,16 @@ def _operations(commands: dict, result: dict, events: dict, dead: dict) -> dict[
             "title": "Receive events",
             "summary": "Bind a queue to the events exchange, e.g. with `*.volume.*` or `kvm-01.#`",
             "messages": refs("events", events),
+        },
+        "replayEvents": {
+            "action": "receive",
+            "channel": _ref("channels", "eventStream"),
+            "title": "Replay events",
+            "summary": "Consume the event stream from a point in its past (x-stream-offset), then live",
+            "description": "Per source, `sequence` counts up in publish order within one worker process: a "
+                           "jump is a gap, a repeated (source, id) a copy to drop.",
+            "messages": refs("eventStream", events),
+            "bindings": {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING_VERSION}},
         },
         "receiveDeadLetters": {
             "action": "receive",

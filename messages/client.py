@@ -9,7 +9,9 @@ Replies come over RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`), so no qu
 `amqp_url` may name several nodes of a cluster (messages.brokers): the client connects to one, and
 when that connection is lost during a call it connects to another and sends the command again
 under the same id — the worker runs it at most once and answers a repeat from its journal.
-This is the only module of `messages` that imports pika.
+For monitoring, `follow_events` yields events, live or replayed from the event stream
+(`messages.stream` says how), and `on_events`/`on_results` with `pump` read events and results side
+by side. This is the only module of `messages` that imports pika.
 """
 
 from __future__ import annotations
@@ -18,22 +20,26 @@ import os
 import ssl
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pika
 from pika.exceptions import AMQPConnectionError, ChannelClosedByBroker, ChannelWrongStateError, UnroutableError
+from pydantic import ValidationError
 
 from messages.brokers import broker_urls, shuffled
 from messages.command import encode
 from messages.events import CloudEvent, JobProgressData
 from messages.results import Result
+from messages.stream import OFFSET_HEADER, Gap, Start, StreamFilter, consumer_arguments, since_time
 from messages.topology import Topology
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 # What losing the broker connection (or the node it went to) looks like to a blocking client.
 CONNECTION_LOST = (AMQPConnectionError, ChannelWrongStateError)
+STREAM_PREFETCH = 1000  # a stream consumer needs one (basic.qos); acks only return credit
 
 
 class NoWorker(RuntimeError):
@@ -42,6 +48,10 @@ class NoWorker(RuntimeError):
 
 class CallTimeout(TimeoutError):
     pass
+
+
+class NoEventStream(RuntimeError):
+    """The event stream queue does not exist: no worker of this prefix that declares it has started."""
 
 
 class StorageClient:
@@ -174,21 +184,132 @@ class StorageClient:
         finally:
             self._awaited.discard(correlation_id)
 
-    def follow_events(self, pattern: str = "#", *, idle_timeout: float | None = None) -> Iterator[CloudEvent]:
-        """Yield events published from now on whose routing key (`<host>.<suffix>`) matches the
-        topic `pattern`, e.g. "kvm-01.pool.*" or "*.volume.#"; stops after `idle_timeout` seconds
-        without one (never when None). Uses a private queue that disappears with the client."""
+    # ---- monitoring: events (live or from the stream) and results ------------------------------
+
+    def follow_events(self, pattern: str = "#", *, since: datetime | timedelta | str | None = None,
+                      offset: Start | None = None, idle_timeout: float | None = None,
+                      on_gap: Callable[[Gap], None] | None = None) -> Iterator[CloudEvent]:
+        """Yield events whose routing key (`<host>.<suffix>`) matches the topic `pattern`, e.g.
+        "kvm-01.pool.*" or "*.volume.#"; stops after `idle_timeout` seconds without one (never when
+        None).
+
+        Without `since` or `offset`: events published from now on, through a private queue bound to
+        the events exchange that disappears with the client. With `since` (a datetime, a timedelta
+        back from now, or text such as "10m" or "2026-12-01T10:00Z") or `offset` ("first", "last",
+        "next" or a stream offset): from the event stream, starting there and going on live, each
+        event once, in the order the broker received them; `on_gap` hears of events missing from a
+        host's sequence."""
+        pending: deque[CloudEvent] = deque()
+        subscription = self.on_events(lambda event, _offset: pending.append(event), pattern, since=since,
+                                      offset=offset, on_gap=on_gap)
+        try:
+            quiet_since = time.monotonic()
+            while True:
+                while pending:
+                    yield pending.popleft()
+                    quiet_since = time.monotonic()
+                if idle_timeout is None:
+                    self.pump(0.5)
+                    continue
+                left = quiet_since + idle_timeout - time.monotonic()
+                if left <= 0:
+                    return
+                self.pump(min(left, 0.5))
+        finally:
+            subscription.close()
+
+    def on_events(self, handler: Callable[[CloudEvent, int | None], None], pattern: str = "#", *,
+                  since: datetime | timedelta | str | None = None, offset: Start | None = None,
+                  on_gap: Callable[[Gap], None] | None = None) -> "Subscription":
+        """Call `handler(event, stream offset or None)` for each matching event while `pump` runs;
+        `pattern`, `since`, `offset` and `on_gap` as for `follow_events`. Raises NoEventStream when
+        asked to replay and the stream does not exist."""
+        if since is None and offset is None:
+            return self._live_events(handler, pattern)
+        start_time = since_time(since) if since is not None else None
+        arguments = consumer_arguments(start_time, offset)
+        kept = StreamFilter(pattern, start_time)
+        channel = self._connection.channel()
+        channel.basic_qos(prefetch_count=STREAM_PREFETCH)
+        unacked = 0
+
+        def deliver(_channel: Any, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
+            nonlocal unacked
+            unacked += 1
+            if unacked >= STREAM_PREFETCH // 2:  # the stream's credit; acks remove nothing from it
+                channel.basic_ack(method.delivery_tag, multiple=True)
+                unacked = 0
+            event = _event(body)
+            if event is None:
+                return
+            keep, gap = kept.take(method.routing_key, event)
+            if gap is not None and on_gap is not None:
+                on_gap(gap)
+            if keep:
+                handler(event, (properties.headers or {}).get(OFFSET_HEADER))
+
+        try:
+            channel.basic_consume(self.topology.event_stream, deliver, auto_ack=False, arguments=arguments)
+        except ChannelClosedByBroker as error:
+            if error.reply_code != 404:
+                raise
+            raise NoEventStream(f"the event stream {self.topology.event_stream!r} does not exist: no worker with "
+                                f"prefix {self.topology.prefix!r} (of a version that declares it) has started on "
+                                f"this broker") from None
+        return Subscription(channel)
+
+    def _live_events(self, handler: Callable[[CloudEvent, int | None], None], pattern: str) -> "Subscription":
         channel = self._connection.channel()
         queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
         channel.queue_bind(queue, self.topology.events_exchange, pattern)
-        try:
-            for method, _properties, body in channel.consume(queue, auto_ack=True, inactivity_timeout=idle_timeout):
-                if method is None:
-                    return
-                yield CloudEvent.model_validate_json(body)
-        finally:
-            if channel.is_open:
-                channel.close()
+
+        def deliver(_channel: Any, _method: Any, _properties: Any, body: bytes) -> None:
+            event = _event(body)
+            if event is not None:
+                handler(event, None)
+
+        channel.basic_consume(queue, deliver, auto_ack=True)
+        return Subscription(channel)
+
+    def on_results(self, handler: Callable[[Result], None], pattern: str = "#") -> "Subscription":
+        """Call `handler(result)` for each result published from now on whose routing key
+        (`<host>.<op>.<status>`) matches `pattern`, while `pump` runs."""
+        channel = self._connection.channel()
+        queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        channel.queue_bind(queue, self.topology.results_exchange, pattern)
+
+        def deliver(_channel: Any, _method: Any, _properties: Any, body: bytes) -> None:
+            try:
+                result = Result.model_validate_json(body)
+            except ValidationError:
+                return
+            handler(result)
+
+        channel.basic_consume(queue, deliver, auto_ack=True)
+        return Subscription(channel)
+
+    def pump(self, seconds: float) -> None:
+        """Deliver what arrives within `seconds` to the handlers of on_events and on_results."""
+        self._connection.process_data_events(time_limit=seconds)
+
+
+class Subscription:
+    """A consumer of on_events or on_results; close() ends it."""
+
+    def __init__(self, channel: Any):
+        self._channel = channel
+
+    def close(self) -> None:
+        if self._channel.is_open:
+            self._channel.close()
+
+
+def _event(body: bytes) -> CloudEvent | None:
+    """The event in a message body; None for anything else someone published there."""
+    try:
+        return CloudEvent.model_validate_json(body)
+    except ValidationError:
+        return None
 
 
 def _parameters(url: str, ca_file: str | os.PathLike[str] | None, cert_file: str | os.PathLike[str] | None,

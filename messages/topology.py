@@ -9,7 +9,9 @@
                                           /            \\
              <prefix>.results (topic)                   <prefix>.events (topic)
              key <host>.<op>.<status>                   key <host>.<event suffix>
-             + reply_to queue of the command
+             + reply_to queue of the command                    |  bound with #
+                                                        <prefix>.events.stream (stream queue:
+                                                        every host's events, kept for replay)
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ class Topology:
     @property
     def events_exchange(self) -> str:
         return f"{self.prefix}.events"
+
+    @property
+    def event_stream(self) -> str:
+        """The stream queue that keeps every host's events for replay (one per prefix)."""
+        return f"{self.prefix}.events.stream"
 
     @property
     def dead_letter_exchange(self) -> str:

@@ -90,7 +90,9 @@ class Worker:
             nodes,
             declarations(self.topology, queue_type=settings.queue_type, delivery_limit=settings.delivery_limit,
                          single_active_consumer=settings.single_active_consumer,
-                         quorum_group_size=settings.quorum_group_size),
+                         quorum_group_size=settings.quorum_group_size,
+                         event_stream_max_age=settings.event_stream_max_age,
+                         event_stream_max_bytes=settings.event_stream_max_bytes),
             queue=self.topology.command_queue, prefetch=settings.prefetch, on_delivery=self._on_delivery,
             event_buffer=settings.event_buffer, on_fatal=self._on_fatal)
 

@@ -16,6 +16,7 @@ from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, Setting
 
 from messages.brokers import broker_urls
 from messages.fields import NAME_PATTERN, AbsolutePath
+from messages.sizes import parse_size
 from messages.topology import Topology
 
 ENV_PREFIX = "STORAGE_WORKER_"
@@ -66,6 +67,11 @@ class Settings(BaseSettings):
                                                                   "journal (repeats of their ids are answered)")
     journal_max_rows: int = Field(1_000_000, ge=1000, description="finished commands the journal keeps at most")
     event_buffer: int = Field(10_000, ge=1, description="events kept while the broker is unreachable")
+    event_stream_max_age: Annotated[str, Field(pattern=r"^[1-9][0-9]*[YMDhms]$")] = Field(
+        "7D", description="how long the event stream keeps events: RabbitMQ's x-max-age, a number and a unit "
+                          "(Y, M, D, h, m, s), e.g. 7D or 12h")
+    event_stream_max_bytes: int = Field(2**30, ge=1, description="bytes the event stream keeps at most "
+                                                                 "(RabbitMQ's x-max-length-bytes); 512M, 2G accepted")
     shutdown_grace: float = Field(30, ge=0, description="seconds in-flight operations get to finish on SIGTERM")
 
     @field_validator("amqp_url", mode="before")
@@ -86,6 +92,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("event_stream_max_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return parse_size(value) if isinstance(value, str) else value
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings],

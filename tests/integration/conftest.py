@@ -43,7 +43,7 @@ def delete_broker_objects(settings: Settings) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     try:
         channel = connection.channel()
-        for queue in (topology.command_queue, topology.dead_letter_queue):
+        for queue in (topology.command_queue, topology.dead_letter_queue, topology.event_stream):
             channel.queue_delete(queue)
         for exchange in (topology.commands_exchange, topology.results_exchange, topology.events_exchange,
                          topology.dead_letter_exchange):
@@ -146,6 +146,8 @@ def make_worker(broker_ok, libvirt_conn, tmp_path) -> Iterator[Callable[..., Har
         return harness
 
     yield make
+    # Every worker stops before any broker object goes: workers may share a prefix.
+    failures: list[BaseException] = []
     for harness in made:
         for client in harness.clients:
             try:
@@ -154,9 +156,13 @@ def make_worker(broker_ok, libvirt_conn, tmp_path) -> Iterator[Callable[..., Har
                 pass
         try:
             harness.worker.stop(grace=10)
-        finally:
-            remove_pools(harness.name_prefix)
-            delete_broker_objects(harness.settings)
+        except Exception as error:  # noqa: BLE001 - the others still stop and everything is removed
+            failures.append(error)
+    for harness in made:
+        remove_pools(harness.name_prefix)
+        delete_broker_objects(harness.settings)
+    if failures:
+        raise failures[0]
 
 
 @pytest.fixture

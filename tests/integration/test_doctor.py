@@ -79,7 +79,9 @@ def declare_topology(settings: Settings) -> None:
         channel = connection.channel()
         for item in declarations(settings.topology, queue_type=settings.queue_type,
                                  delivery_limit=settings.delivery_limit,
-                                 single_active_consumer=settings.single_active_consumer):
+                                 single_active_consumer=settings.single_active_consumer,
+                                 event_stream_max_age=settings.event_stream_max_age,
+                                 event_stream_max_bytes=settings.event_stream_max_bytes):
             if item.kind == "exchange":
                 channel.exchange_declare(item.name, exchange_type=item.exchange_type, durable=True)
             elif item.kind == "queue":
@@ -97,7 +99,7 @@ def test_all_ok_on_a_fresh_host(place, libvirt_conn):
                  "policy"):
         assert checks[name]["status"] == "ok", checks[name]
     # Nothing declared yet: the worker creates these at start.
-    for name in ("exchanges", "command_queue", "dead_queue"):
+    for name in ("exchanges", "command_queue", "dead_queue", "event_stream"):
         assert checks[name]["status"] == "warn" and "not" in checks[name]["detail"], checks[name]
     assert place.topology.command_queue in checks["command_queue"]["detail"]
     assert "dir" in checks["pool_types"]["detail"]
@@ -186,6 +188,30 @@ def test_queue_with_other_arguments_fails_naming_it(place):
         assert "x-dead-letter-exchange" in checks["command_queue"]["detail"]
     finally:
         connection.channel().queue_delete(queue)
+        connection.close()
+
+
+def test_event_stream_with_other_retention_fails_naming_the_settings(place):
+    stream = place.topology.event_stream
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        connection.channel().queue_declare(stream, durable=True, arguments={
+            "x-queue-type": "stream", "x-max-age": "1D", "x-max-length-bytes": 5 * 2**20})
+        done, checks = doctor(place)
+        assert done.returncode == 1
+        check = checks["event_stream"]
+        assert check["status"] == "fail" and stream in check["detail"]
+        assert "x-max-age is 1D, the worker wants 7D" in check["detail"]
+        assert f"x-max-length-bytes is {5 * 2**20}, the worker wants {2**30}" in check["detail"]
+        assert "or make the worker declare what exists" in check["fix"]
+        assert {"STORAGE_WORKER_EVENT_STREAM_MAX_AGE=1D", "STORAGE_WORKER_EVENT_STREAM_MAX_BYTES=5242880"} <= \
+            set(check["fix"].split())
+        # The suggested settings are enough.
+        done, checks = doctor(place, env=environment(place, STORAGE_WORKER_EVENT_STREAM_MAX_AGE="1D",
+                                                     STORAGE_WORKER_EVENT_STREAM_MAX_BYTES="5M"))
+        assert checks["event_stream"]["status"] == "ok", checks["event_stream"]
+    finally:
+        connection.channel().queue_delete(stream)
         connection.close()
 
 

@@ -22,15 +22,16 @@ def test_names_come_from_prefix_and_host():
     exchanges = by_kind(decls, "exchange")
     assert {name: d.exchange_type for name, d in exchanges.items()} == {
         "st1.commands": "direct", "st1.results": "topic", "st1.events": "topic", "st1.dlx": "topic"}
-    assert set(by_kind(decls, "queue")) == {"st1.commands.kvm-01", "st1.dead"}
-    assert binds(decls) == {("st1.commands.kvm-01", "st1.commands", "kvm-01"), ("st1.dead", "st1.dlx", "#")}
+    assert set(by_kind(decls, "queue")) == {"st1.commands.kvm-01", "st1.dead", "st1.events.stream"}
+    assert binds(decls) == {("st1.commands.kvm-01", "st1.commands", "kvm-01"), ("st1.dead", "st1.dlx", "#"),
+                            ("st1.events.stream", "st1.events", "#")}
 
 
 def test_default_names_match_the_contract():
     decls = declarations(Topology(prefix="storage", host="kvm-01"))
     assert set(by_kind(decls, "exchange")) == {"storage.commands", "storage.results", "storage.events",
                                                "storage.dlx"}
-    assert set(by_kind(decls, "queue")) == {"storage.commands.kvm-01", "storage.dead"}
+    assert set(by_kind(decls, "queue")) == {"storage.commands.kvm-01", "storage.dead", "storage.events.stream"}
 
 
 def test_exchanges_are_declared_before_the_queues_and_bindings_that_use_them():
@@ -60,6 +61,15 @@ def test_the_dead_letter_queue_follows_the_queue_type(queue_type):
     dead = by_kind(declarations(Topology("st", "h"), queue_type=queue_type), "queue")["st.dead"]
     assert dead.arguments["x-queue-type"] == queue_type
     assert "x-dead-letter-exchange" not in dead.arguments  # dead letters stop here
+
+
+def test_the_event_stream_is_a_stream_with_retention_whatever_the_queue_type():
+    for queue_type in ("quorum", "classic"):
+        stream = by_kind(declarations(Topology("st", "h"), queue_type=queue_type), "queue")["st.events.stream"]
+        assert stream.arguments == {"x-queue-type": "stream", "x-max-age": "7D", "x-max-length-bytes": 2**30}
+    stream = by_kind(declarations(Topology("st", "h"), event_stream_max_age="12h", event_stream_max_bytes=5000),
+                     "queue")["st.events.stream"]
+    assert stream.arguments == {"x-queue-type": "stream", "x-max-age": "12h", "x-max-length-bytes": 5000}
 
 
 class RecordingChannel:

@@ -200,3 +200,13 @@ def test_topology_names_and_bindings(document):
     actions = {name: op["action"] for name, op in document["operations"].items()}
     assert actions["sendCommand"] == "send"
     assert actions["receiveResults"] == actions["receiveEvents"] == "receive"
+
+
+def test_the_event_stream_is_a_channel_with_every_event(document):
+    stream = document["channels"]["eventStream"]
+    assert stream["address"] == "storage.events.stream" and stream["x-queue-type"] == "stream"
+    assert stream["bindings"]["amqp"]["queue"]["durable"] is True
+    assert set(stream["messages"]) == set(document["channels"]["events"]["messages"])
+    for words in ("x-stream-offset", "EVENT_STREAM_MAX_AGE", "EVENT_STREAM_MAX_BYTES", "basic.qos"):
+        assert words in stream["description"]
+    assert document["operations"]["replayEvents"]["action"] == "receive"

@@ -126,3 +126,22 @@ def test_log_level_is_case_insensitive(monkeypatch):
 def test_topology_follows_prefix_and_host():
     t = load_settings({"prefix": "st", "host_id": "kvm-01"}).topology
     assert (t.command_queue, t.commands_exchange) == ("st.commands.kvm-01", "st.commands")
+
+
+def test_event_stream_retention(monkeypatch):
+    s = load_settings()
+    assert (s.event_stream_max_age, s.event_stream_max_bytes) == ("7D", 2**30)
+    monkeypatch.setenv("STORAGE_WORKER_EVENT_STREAM_MAX_AGE", "12h")
+    monkeypatch.setenv("STORAGE_WORKER_EVENT_STREAM_MAX_BYTES", "512M")
+    s = load_settings()
+    assert (s.event_stream_max_age, s.event_stream_max_bytes) == ("12h", 512 * 2**20)
+
+
+@pytest.mark.parametrize("name, value", [("EVENT_STREAM_MAX_AGE", "7 days"), ("EVENT_STREAM_MAX_AGE", "0D"),
+                                         ("EVENT_STREAM_MAX_AGE", "7d"), ("EVENT_STREAM_MAX_BYTES", "0"),
+                                         ("EVENT_STREAM_MAX_BYTES", "lots")])
+def test_bad_event_stream_retention_is_refused_naming_the_value(monkeypatch, name, value):
+    monkeypatch.setenv(f"STORAGE_WORKER_{name}", value)
+    with pytest.raises((ValidationError, ValueError)) as raised:
+        load_settings()
+    assert name.lower() in str(raised.value) or repr(value) in str(raised.value)

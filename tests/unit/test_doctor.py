@@ -23,7 +23,8 @@ from worker.ops.doctor.libvirtd import check_pool_types, libvirt_fix
 from worker.ops.doctor.local import JOURNAL_FILE, check_allowed_roots, check_journal, check_policy, check_state_dir
 from worker.ops.doctor.masking import mask_url, scrub, url_secrets
 from worker.ops.doctor.permissions import check_permissions
-from worker.ops.doctor.queues import Difference, check_command_queue, check_dead_queue, difference_text, queue_fix
+from worker.ops.doctor.queues import (Difference, check_command_queue, check_dead_queue, check_event_stream,
+                                      difference_text, queue_fix, stream_setting_for)
 from worker.ops.doctor.report import (Check, Status, exit_code, fail, format_json, format_line, format_report, ok,
                                       skip, warn)
 
@@ -215,6 +216,17 @@ def test_queue_fix_says_when_queue_type_alone_is_not_enough():
     assert "(STORAGE_WORKER_QUEUE_TYPE=classic would match its type, but no setting matches its x-dead-letter-exchange)" in fix
 
 
+def test_event_stream_fix_offers_the_retention_settings_and_never_the_queue_type():
+    fix = queue_fix("p.events.stream", "/", [Difference("x-max-age", "7D", "1D"),
+                                             Difference("x-max-length-bytes", 2**30, 1000)], True, 12,
+                    settings_for=stream_setting_for)
+    assert "rabbitmqctl delete_queue -p / p.events.stream" in fix and "12 message(s)" in fix
+    assert "STORAGE_WORKER_EVENT_STREAM_MAX_AGE=1D STORAGE_WORKER_EVENT_STREAM_MAX_BYTES=1000" in fix
+    fix = queue_fix("p.events.stream", "/", [Difference("x-queue-type", "stream", ABSENT)], True, 0,
+                    settings_for=stream_setting_for)
+    assert "delete it" in fix and "QUEUE_TYPE" not in fix
+
+
 def test_difference_text():
     assert difference_text(Difference("x-queue-type", "quorum", ABSENT)) == \
         "x-queue-type is none (a classic queue), the worker wants quorum"
@@ -303,7 +315,7 @@ def test_policy(tmp_path):
 
 def test_broker_dependent_checks_skip_without_a_broker(tmp_path):
     ctx = Context(settings=settings(tmp_path))
-    for check in (check_permissions, check_exchanges, check_command_queue, check_dead_queue):
+    for check in (check_permissions, check_exchanges, check_command_queue, check_dead_queue, check_event_stream):
         assert check(ctx).status == Status.skip
     assert check_pool_types(ctx).status == Status.skip
 

@@ -1,5 +1,5 @@
-"""The operator interface (docs/contract.md "Running the worker"): storage-worker run | call | events | dead |
-schema."""
+"""The operator interface (docs/contract.md "Running the worker"): storage-worker run | call | events | top |
+dead | schema | doctor."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from pika.exceptions import AMQPError
 
 from messages.sizes import SIZE_FIELDS, parse_size
+from worker.ops.watching import TOP_HISTORY, since_argument, start_argument
 
 
 def _settings_flags(ns: argparse.Namespace) -> dict[str, Any]:
@@ -126,43 +127,16 @@ def cmd_call(ns: argparse.Namespace) -> int:
     return 0 if result.status.value == "succeeded" else 1
 
 
-def describe_event(event) -> str:
-    """One readable line per event."""
-    data = event.data
-    if "volume" in data:
-        volume = data["volume"]
-        detail = f"{data['pool']}/{volume['name']} capacity={volume['capacity']} origin={data['origin']}"
-        if data.get("disk"):
-            detail += f" disk={data['disk']['domain']}:{data['disk']['target']}"
-    elif "pool" in data:
-        pool = data["pool"]
-        detail = (f"{pool['name']} state={pool['state']} available={pool['available']}/{pool['capacity']}")
-        if "threshold" in data:
-            detail += f" threshold={data['threshold']}"
-    elif "bytes_done" in data:
-        share = data["bytes_done"] / data["bytes_total"] if data["bytes_total"] else 1.0
-        detail = (f"{data['op']} {data['id']} {data['bytes_done']}/{data['bytes_total']} ({share:.0%}) "
-                  f"{data['rate'] / 2**20:.1f} MiB/s")
-    else:
-        detail = f"{data.get('host_id', '')} {data.get('reason') or ''}".strip()
-    command = f" command={event.commandid}" if event.commandid else ""
-    time_text = event.time.strftime("%H:%M:%S.%f")[:-3]
-    return f"{time_text} {event.host} #{event.sequence} {event.type.suffix} {detail}{command}"
-
-
 def cmd_events(ns: argparse.Namespace) -> int:
-    from messages.client import StorageClient
+    from worker.ops.watching import events
 
-    settings = _load(ns)
-    with StorageClient(settings.amqp_url.get_secret_value(), prefix=settings.prefix, ca_file=settings.amqp_ca_file,
-                       cert_file=settings.amqp_cert_file, key_file=settings.amqp_key_file) as client:
-        try:
-            for event in client.follow_events(ns.pattern):
-                line = event.model_dump_json(exclude_none=True) if ns.json else describe_event(event)
-                print(line, flush=True)
-        except KeyboardInterrupt:
-            return 0
-    return 0
+    return events(ns, _load(ns))
+
+
+def cmd_top(ns: argparse.Namespace) -> int:
+    from worker.ops.watching import top
+
+    return top(ns, _load(ns))
 
 
 def cmd_dead(ns: argparse.Namespace) -> int:
@@ -245,12 +219,29 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the result")
     call.set_defaults(func=cmd_call)
 
-    events = sub.add_parser("events", help="follow the events exchange, one line per event")
+    events = sub.add_parser("events", help="follow the events, one line per event; replay them with --since/--from")
     common(events)
     events.add_argument("pattern", nargs="?", default="#",
                         help="topic pattern on <host>.<event>, e.g. '*.volume.*' (default: everything)")
     events.add_argument("--json", action="store_true", help="print each event's JSON body")
+    start = events.add_mutually_exclusive_group()
+    start.add_argument("--since", type=since_argument, metavar="WHEN",
+                       help="replay from the event stream, from this long ago (10m, 2h, 7d) or this time "
+                            "(2026-12-01T10:00Z), then follow live")
+    start.add_argument("--from", dest="start", type=start_argument, metavar="WHERE",
+                       help="replay from the event stream from first, last, next or a stream OFFSET "
+                            "(printed as offset=N), then follow live")
     events.set_defaults(func=cmd_events)
+
+    top = sub.add_parser("top", help="a live view of the fleet from the event stream and the results; q quits")
+    common(top)
+    start = top.add_mutually_exclusive_group()
+    start.add_argument("--since", type=since_argument, metavar="WHEN",
+                       help=f"start from the events of this long ago (10m, 2h, 7d) or this time "
+                            f"(2026-12-01T10:00Z); default {TOP_HISTORY}")
+    start.add_argument("--from", dest="start", type=start_argument, metavar="WHERE",
+                       help="start from first (all the stream keeps), last, next or a stream OFFSET")
+    top.set_defaults(func=cmd_top)
 
     dead = sub.add_parser("dead", help="list or replay dead-lettered messages")
     common(dead)

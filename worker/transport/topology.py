@@ -47,8 +47,16 @@ def dead_queue_arguments(queue_type: str, quorum_group_size: int | None = None) 
     return arguments
 
 
+def event_stream_arguments(max_age: str, max_bytes: int) -> dict[str, Any]:
+    """The event stream's arguments. RabbitMQ applies retention by removing whole segment files
+    (500 MB each by default) when a new one starts, so the stream holds somewhat more than either
+    limit says."""
+    return {"x-queue-type": "stream", "x-max-age": max_age, "x-max-length-bytes": max_bytes}
+
+
 def declarations(topology: Topology, *, queue_type: str = "quorum", delivery_limit: int = 5,
-                 single_active_consumer: bool = True, quorum_group_size: int | None = None) -> list[Declaration]:
+                 single_active_consumer: bool = True, quorum_group_size: int | None = None,
+                 event_stream_max_age: str = "7D", event_stream_max_bytes: int = 2**30) -> list[Declaration]:
     queue = topology.command_queue
     return [
         Declaration("exchange", topology.commands_exchange, "direct"),
@@ -57,6 +65,9 @@ def declarations(topology: Topology, *, queue_type: str = "quorum", delivery_lim
         Declaration("exchange", topology.dead_letter_exchange, "topic"),
         Declaration("queue", topology.dead_letter_queue, arguments=dead_queue_arguments(queue_type, quorum_group_size)),
         Declaration("bind", topology.dead_letter_queue, source=topology.dead_letter_exchange, routing_key="#"),
+        Declaration("queue", topology.event_stream,
+                    arguments=event_stream_arguments(event_stream_max_age, event_stream_max_bytes)),
+        Declaration("bind", topology.event_stream, source=topology.events_exchange, routing_key="#"),
         Declaration("queue", queue, arguments=command_queue_arguments(
             topology, queue_type, delivery_limit, single_active_consumer, quorum_group_size)),
         Declaration("bind", queue, source=topology.commands_exchange, routing_key=topology.command_routing_key),

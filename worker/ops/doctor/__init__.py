@@ -29,12 +29,13 @@ from worker.ops.doctor.libvirtd import check_libvirt, check_pool_types
 from worker.ops.doctor.local import check_allowed_roots, check_journal, check_policy, check_state_dir
 from worker.ops.doctor.masking import scrub, url_secrets
 from worker.ops.doctor.permissions import check_permissions
-from worker.ops.doctor.queues import check_command_queue, check_dead_queue
+from worker.ops.doctor.queues import check_command_queue, check_dead_queue, check_event_stream
 from worker.ops.doctor.quorum import check_quorum_members
 from worker.ops.doctor.report import Check, exit_code, fail, format_json, format_report
 
 CHECKS: list[Callable[[Context], Check]] = [
     check_broker, check_permissions, check_exchanges, check_command_queue, check_quorum_members, check_dead_queue,
+    check_event_stream,
     check_libvirt, check_pool_types, check_state_dir, check_journal, check_allowed_roots, check_policy,
 ]
 

@@ -1,9 +1,10 @@
-"""Whether the command queue and the dead-letter queue exist with the arguments the worker declares,
-which arguments differ when they do not, and what to do about it."""
+"""Whether the command queue, the dead-letter queue and the event stream exist with the arguments the
+worker declares, which arguments differ when they do not, and what to do about it."""
 
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,17 @@ def check_dead_queue(ctx: Context) -> Check:
                         dead_queue_arguments(settings.queue_type, settings.quorum_group_size))
 
 
-def _queue_check(ctx: Context, name: str, queue: str, arguments: dict[str, Any]) -> Check:
+def check_event_stream(ctx: Context) -> Check:
+    from worker.transport.topology import event_stream_arguments
+
+    settings = ctx.settings
+    return _queue_check(ctx, "event_stream", settings.topology.event_stream,
+                        event_stream_arguments(settings.event_stream_max_age, settings.event_stream_max_bytes),
+                        settings_for=stream_setting_for)
+
+
+def _queue_check(ctx: Context, name: str, queue: str, arguments: dict[str, Any],
+                 settings_for: Callable[[Difference], str | None] | None = None) -> Check:
     """One queue against the `arguments` the worker declares it with; the check changes nothing."""
     if ctx.broker is None:
         return skip(name, "not checked: the broker is unreachable")
@@ -50,7 +61,8 @@ def _queue_check(ctx: Context, name: str, queue: str, arguments: dict[str, Any])
         more = "" if complete else " (and perhaps more)"
         return fail(name, ctx.clean(f"{queue} exists with other arguments than the worker declares: {listed}{more}; "
                                     f"{counts}"),
-                    queue_fix(queue, ctx.broker_parameters.virtual_host, differences, complete, messages))
+                    queue_fix(queue, ctx.broker_parameters.virtual_host, differences, complete, messages,
+                              settings_for=settings_for or command_setting_for))
     if code == 403:
         return warn(name, f"{queue} exists ({counts}); its arguments could not be verified: no configure "
                           f"permission", "see the permissions check")
@@ -127,7 +139,8 @@ def _arguments_text(arguments: dict[str, Any]) -> str:
 
 
 # Queue arguments the worker's settings decide, and the setting value that reproduces a given one.
-def _setting_for(d: Difference) -> str | None:
+def command_setting_for(d: Difference) -> str | None:
+    """For the command and dead-letter queues."""
     if d.argument == "x-queue-type":
         return f"STORAGE_WORKER_QUEUE_TYPE={'classic' if d.current is ABSENT else d.current}"
     if d.argument == "x-delivery-limit" and isinstance(d.current, int) and d.current >= 1:
@@ -137,16 +150,26 @@ def _setting_for(d: Difference) -> str | None:
     return None
 
 
-def queue_fix(queue: str, vhost: str, differences: list[Difference], complete: bool, messages: int) -> str:
+def stream_setting_for(d: Difference) -> str | None:
+    """For the event stream: its retention; nothing makes the worker declare another queue type."""
+    if d.argument == "x-max-age" and isinstance(d.current, str):
+        return f"STORAGE_WORKER_EVENT_STREAM_MAX_AGE={d.current}"
+    if d.argument == "x-max-length-bytes" and isinstance(d.current, int) and d.current >= 1:
+        return f"STORAGE_WORKER_EVENT_STREAM_MAX_BYTES={d.current}"
+    return None
+
+
+def queue_fix(queue: str, vhost: str, differences: list[Difference], complete: bool, messages: int,
+              settings_for: Callable[[Difference], str | None] = command_setting_for) -> str:
     """Delete the queue (warning about the messages it holds), or, when settings can reproduce every
     difference found, set them; a queue's arguments cannot be changed in place."""
     delete = f"rabbitmqctl delete_queue -p {shlex.quote(vhost)} {shlex.quote(queue)}"
     loss = f" (it holds {messages} message(s): move them first or they are lost)" if messages else ""
     fix = f"delete it ({delete}){loss} and let the worker re-create it"
-    settings = [_setting_for(d) for d in differences]
+    settings = [settings_for(d) for d in differences]
     if complete and settings and all(settings):
         fix += f", or make the worker declare what exists: {' '.join(settings)}"  # type: ignore[arg-type]
-    elif any(d.argument == "x-queue-type" for d in differences):
+    elif any(d.argument == "x-queue-type" and s for d, s in zip(differences, settings)):
         queue_type = next(s for d, s in zip(differences, settings) if d.argument == "x-queue-type")
         others = ", ".join(d.argument for d, s in zip(differences, settings) if s is None)
         if others:
