@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+from pydantic import Field
+
 from messages.fields import Size, Strict
 
 
@@ -28,6 +30,16 @@ class PoolObject(Strict):
     target_path: str | None
 
 
+class BackingStore(Strict):
+    """A volume's backing store: the pool's volume it is, or, when it is no pool's volume, only its
+    path (`pool` and `name` null)."""
+
+    pool: str | None
+    name: str | None
+    path: str
+    format: str | None
+
+
 class VolumeObject(Strict):
     pool: str
     name: str
@@ -37,6 +49,7 @@ class VolumeObject(Strict):
     format: str | None
     capacity: Size
     allocation: Size
+    backing: BackingStore | None = Field(None, description="The volume's direct backing store; null when it has none")
 
 
 class DiskObject(Strict):

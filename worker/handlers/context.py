@@ -21,7 +21,8 @@ from worker.errors import not_found
 from worker.transport.events import EventPublisher
 from worker.state.inventory import Inventory
 from worker.handlers.progress import ProgressReporter
-from worker.virt import volume_xml
+from worker.virt.backing import BackingResolver
+from worker.virt.describe import described_volume
 from worker.virt.gateway import LibvirtGateway
 
 
@@ -90,13 +91,13 @@ class Context:
         kept = self.gateway.volumes.get(pool_name, name)
         if kept is not None:
             try:
-                return volume_xml.read(pool_name, kept.XMLDesc(0))
+                return described_volume(pool_name, kept.XMLDesc(0), BackingResolver(self.conn))
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() not in (libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL):
                     raise
                 self.gateway.volumes.forget(pool_name, name)
         handle = self.volume(self.active_pool(pool_name), name)
-        described = volume_xml.read(pool_name, handle.XMLDesc(0))
+        described = described_volume(pool_name, handle.XMLDesc(0), BackingResolver(self.conn))
         self.gateway.volumes.put(pool_name, name, handle)
         return described
 

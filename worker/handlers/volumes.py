@@ -23,6 +23,7 @@ from worker.handlers.progress import watched
 from worker.handlers.context import Context
 from worker.handlers.registry import handles
 from worker.virt import volume_xml
+from worker.virt.backing import BackingResolver
 from worker.virt.describe import volume_object
 
 _WIPE_ALGORITHMS = {name: getattr(libvirt, f"VIR_STORAGE_VOL_WIPE_ALG_{name.upper()}")
@@ -106,7 +107,8 @@ def info(ctx: Context, a: VolumeNameArgs) -> VolumeObject:
 def list_(ctx: Context, a: VolumeListArgs) -> VolumeList:
     pool = ctx.active_pool(a.pool)
     volumes = sorted(pool.listAllVolumes(0), key=lambda v: v.name())
-    return VolumeList(volumes=[volume_object(a.pool, v) for v in volumes])
+    resolver = BackingResolver(ctx.conn)
+    return VolumeList(volumes=[volume_object(a.pool, v, resolver) for v in volumes])
 
 
 

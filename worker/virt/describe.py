@@ -6,6 +6,7 @@ import libvirt
 
 from messages.objects import PoolObject, PoolState, VolumeObject
 from worker.virt import volume_xml
+from worker.virt.backing import BackingResolver
 from worker.virt.xml import parse, text_of
 
 _STATES = {
@@ -41,8 +42,19 @@ def pool_object(pool: libvirt.virStoragePool, known: PoolObject | None = None) -
     )
 
 
-def volume_object(pool_name: str, volume: libvirt.virStorageVol) -> VolumeObject:
-    return volume_xml.read(pool_name, volume.XMLDesc(0))
+def volume_object(pool_name: str, volume: libvirt.virStorageVol,
+                  resolver: BackingResolver | None = None) -> VolumeObject:
+    """The volume as it is now; `resolver` names backing stores (one per command, shared by the
+    volumes it describes)."""
+    return described_volume(pool_name, volume.XMLDesc(0), resolver or BackingResolver(volume.connect()))
+
+
+def described_volume(pool_name: str, xml: str, resolver: BackingResolver) -> VolumeObject:
+    """The volume object of a volume's XML, its backing store named by pool and volume where it is
+    one (a round trip only for a volume that has a backing store)."""
+    volume = volume_xml.read(pool_name, xml)
+    backing = resolver.direct(xml)
+    return volume if backing is None else volume.model_copy(update={"backing": backing})
 
 
 def supported_pool_types(conn: libvirt.virConnect) -> list[str]:
