@@ -50,6 +50,8 @@ class VolumeObject(Strict):
     capacity: Size
     allocation: Size
     backing: BackingStore | None = Field(None, description="The volume's direct backing store; null when it has none")
+    in_use_by: list[str] | None = Field(None, description="Domains whose definition or running state uses the "
+                                                          "volume; null where the command did not look")
 
 
 class DiskObject(Strict):

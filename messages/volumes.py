@@ -16,6 +16,9 @@ VolumeFormat = Literal[
 # Formats that can point at a backing volume.
 BACKING_FORMATS = frozenset({"qcow2", "qcow", "qed", "vmdk"})
 
+FORCE_DOC = ("Go ahead although domains that are not running, or volumes built on this one, use the volume "
+             "(never under a running guest)")
+
 WipeAlgorithm = Literal[
     "zero", "nnsa", "dod", "bsi", "gutmann", "schneier", "pfitzner7", "pfitzner33", "random", "trim",
 ]
@@ -72,12 +75,14 @@ class VolumeResizeArgs(Strict):
     capacity: PositiveSize
     shrink: StrictBool = False
     allocate: StrictBool = False
+    force: StrictBool = Field(False, description=FORCE_DOC)
 
 
 class VolumeWipeArgs(Strict):
     pool: ResourceName
     name: ResourceName
     algorithm: WipeAlgorithm = "zero"
+    force: StrictBool = Field(False, description=FORCE_DOC)
 
 
 class UploadSource(Strict):
@@ -102,6 +107,7 @@ class VolumeUploadArgs(Strict):
     offset: Size = 0
     length: Size | None = Field(None, description="Default: the whole source")
     sparse: StrictBool = True
+    force: StrictBool = Field(False, description=FORCE_DOC)
 
 
 class VolumeDownloadArgs(Strict):
@@ -117,6 +123,7 @@ class VolumeDeleteArgs(Strict):
     pool: ResourceName
     name: ResourceName
     wipe: StrictBool = Field(False, description="Overwrite the data with zeros before deleting")
+    force: StrictBool = Field(False, description=FORCE_DOC)
 
 
 DiskTarget = Annotated[str, StringConstraints(pattern=r"^(vd|sd|hd|xvd)[a-z]{1,3}$"),

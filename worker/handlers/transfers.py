@@ -30,7 +30,9 @@ from messages.payloads import VolumeDownloaded, VolumeUploaded
 from messages.results import ErrorCode
 from messages.volumes import VolumeDownloadArgs, VolumeUploadArgs
 from worker.errors import OperationError, forbidden, invalid
+from worker.handlers import in_use
 from worker.handlers.context import Context
+from worker.handlers.in_use import refuse_if_in_use
 from worker.handlers.paths import check_local_file
 from worker.handlers.procfs import fd_path, umask
 from worker.handlers.registry import handles
@@ -71,6 +73,7 @@ def _upload(ctx: Context, a: VolumeUploadArgs, source: FileSource | UrlSource) -
     where = f"volume {a.name!r} in pool {a.pool!r}"
     if a.offset > capacity:
         raise invalid(f"offset {a.offset} is past the end of {where} (capacity {capacity} bytes)")
+    users = refuse_if_in_use(ctx, in_use.OVERWRITE, a.pool, a.name, vol.path(), force=a.force)
 
     size = source.start(ctx.cancel)  # None: a URL without Content-Length
     if a.length is not None and size is not None and a.length > size:
@@ -81,7 +84,8 @@ def _upload(ctx: Context, a: VolumeUploadArgs, source: FileSource | UrlSource) -
                       f"at byte {a.offset + length}, past the capacity of {where} ({capacity} bytes); "
                       f"nothing was written")
     if length == 0:
-        return VolumeUploaded(**volume_object(a.pool, vol).model_dump(), changed=ctx.changed, bytes=0)
+        unchanged = volume_object(a.pool, vol).model_copy(update={"in_use_by": users})
+        return VolumeUploaded(**unchanged.model_dump(), changed=ctx.changed, bytes=0)
 
     total = length or 0  # progress: 0 while the length is unknown
     items: Iterator[Item] = source.items(length, sparse=a.sparse)
@@ -121,7 +125,7 @@ def _upload(ctx: Context, a: VolumeUploadArgs, source: FileSource | UrlSource) -
 
     done = sender.position
     ctx.progress.update(done, length or done, final=True)
-    uploaded = volume_object(a.pool, vol)
+    uploaded = volume_object(a.pool, vol).model_copy(update={"in_use_by": users})
     ctx.volume_event(EventType.volume_uploaded, uploaded)
     log.info("volume uploaded", extra={"command_id": ctx.command.id, "pool": a.pool, "volume": a.name,
                                        "bytes": sender.data_bytes, "length": done,

@@ -14,10 +14,12 @@ from messages.events import EventType
 from messages.objects import VolumeObject
 from messages.operations import (VOLUME_CLONE, VOLUME_CREATE, VOLUME_DELETE, VOLUME_INFO, VOLUME_LIST,
                                  VOLUME_RESIZE, VOLUME_WIPE)
-from messages.payloads import VolumeChange, VolumeDeleted, VolumeList
+from messages.payloads import VolumeChange, VolumeDeleted, VolumeList, VolumeResized
 from messages.volumes import (VolumeCloneArgs, VolumeCreateArgs, VolumeDeleteArgs, VolumeListArgs,
                               VolumeNameArgs, VolumeResizeArgs, VolumeWipeArgs)
 from worker.errors import conflict, invalid
+from worker.handlers import in_use
+from worker.handlers.in_use import refuse_if_in_use
 from worker.handlers.procfs import write_positions
 from worker.handlers.progress import watched
 from worker.handlers.context import Context
@@ -25,6 +27,7 @@ from worker.handlers.registry import handles
 from worker.virt import volume_xml
 from worker.virt.backing import BackingResolver
 from worker.virt.describe import volume_object
+from worker.virt.usage import DomainScan
 
 _WIPE_ALGORITHMS = {name: getattr(libvirt, f"VIR_STORAGE_VOL_WIPE_ALG_{name.upper()}")
                     for name in ("zero", "nnsa", "dod", "bsi", "gutmann", "schneier", "pfitzner7",
@@ -90,6 +93,7 @@ def delete(ctx: Context, a: VolumeDeleteArgs) -> VolumeDeleted:
     volume = ctx.find_volume(pool, a.name)
     if volume is not None:
         last = volume_object(a.pool, volume)
+        refuse_if_in_use(ctx, in_use.DELETE, a.pool, a.name, last.path, force=a.force)
         if a.wipe:
             volume.wipePattern(libvirt.VIR_STORAGE_VOL_WIPE_ALG_ZERO, 0)
         volume.delete(0)
@@ -100,15 +104,24 @@ def delete(ctx: Context, a: VolumeDeleteArgs) -> VolumeDeleted:
 
 @handles(VOLUME_INFO)
 def info(ctx: Context, a: VolumeNameArgs) -> VolumeObject:
-    return ctx.describe_volume(a.pool, a.name)
+    described = ctx.describe_volume(a.pool, a.name)
+    return _with_users(described, DomainScan.read(ctx.conn))
 
 
 @handles(VOLUME_LIST)
 def list_(ctx: Context, a: VolumeListArgs) -> VolumeList:
+    """One scan of the domains answers for every volume of the listing (worker/virt/usage.py)."""
     pool = ctx.active_pool(a.pool)
     volumes = sorted(pool.listAllVolumes(0), key=lambda v: v.name())
     resolver = BackingResolver(ctx.conn)
-    return VolumeList(volumes=[volume_object(a.pool, v, resolver) for v in volumes])
+    described = [volume_object(a.pool, v, resolver) for v in volumes]
+    scan = DomainScan.read(ctx.conn)
+    return VolumeList(volumes=[_with_users(v, scan) for v in described])
+
+
+def _with_users(volume: VolumeObject, scan: DomainScan) -> VolumeObject:
+    return volume.model_copy(update={"in_use_by": in_use.domain_names(scan.users(volume.pool, volume.name,
+                                                                                  volume.path))})
 
 
 
@@ -151,28 +164,51 @@ def clone(ctx: Context, a: VolumeCloneArgs) -> VolumeChange:
 
 
 @handles(VOLUME_RESIZE)
-def resize(ctx: Context, a: VolumeResizeArgs) -> VolumeChange:
+def resize(ctx: Context, a: VolumeResizeArgs) -> VolumeResized:
+    """A shrink is refused while the volume is in use (worker/handlers/in_use.py). A volume that
+    running domains have is grown through them (virDomainBlockResize): qemu grows the image and
+    tells the guest; grown behind qemu's back, the guest would never see the new size."""
     pool = ctx.active_pool(a.pool)
     volume = ctx.volume(pool, a.name)
     current = volume_object(a.pool, volume)
+    users = None
     if a.capacity != current.capacity:
         flags = libvirt.VIR_STORAGE_VOL_RESIZE_ALLOCATE if a.allocate else 0
         if a.capacity < current.capacity:
             if not a.shrink:
                 raise invalid(f"capacity {a.capacity} is below the current capacity {current.capacity} of volume "
                               f"{a.pool}/{a.name}; set shrink: true to shrink it")
-            flags |= libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK
-        volume.resize(a.capacity, flags)
+            users = refuse_if_in_use(ctx, in_use.SHRINK, a.pool, a.name, current.path, force=a.force)
+            volume.resize(a.capacity, flags | libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK)
+        else:
+            scan = DomainScan.read(ctx.conn)
+            users = in_use.domain_names(scan.users(a.pool, a.name, current.path))
+            running = scan.live_targets(a.pool, a.name, current.path)
+            if running:
+                _grow_online(ctx, a, running)
+            else:
+                volume.resize(a.capacity, flags)
         ctx.changed = True
-        current = volume_object(a.pool, volume)
+        current = volume_object(a.pool, volume).model_copy(update={"in_use_by": users})
         ctx.volume_event(EventType.volume_resized, current)
-    return VolumeChange(**current.model_dump(), changed=ctx.changed)
+    return VolumeResized(**current.model_dump(), changed=ctx.changed, online=ctx.memo.get("resize.online", False))
+
+
+def _grow_online(ctx: Context, a: VolumeResizeArgs, running: list[tuple[str, str]]) -> None:
+    if a.allocate:
+        names = ", ".join(sorted({f"{domain!r}" for domain, _ in running}))
+        raise invalid(f"volume {a.pool}/{a.name} is a disk of running domain {names}: it is grown through the "
+                      f"domain, which cannot allocate the new space up front; send allocate: false")
+    for domain, target in running:
+        ctx.conn.lookupByName(domain).blockResize(target, a.capacity, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+        ctx.memo["resize.online"] = True
 
 
 @handles(VOLUME_WIPE)
 def wipe(ctx: Context, a: VolumeWipeArgs) -> VolumeChange:
     pool = ctx.active_pool(a.pool)
     volume = ctx.volume(pool, a.name)
+    users = refuse_if_in_use(ctx, in_use.WIPE, a.pool, a.name, volume.path(), force=a.force)
     capacity = volume.info()[1]
     total = capacity * _WIPE_PASSES[a.algorithm]
     probe = _pass_counter(volume.path(), capacity, total) if ctx.libvirt_is_local else (lambda: None)
@@ -180,7 +216,7 @@ def wipe(ctx: Context, a: VolumeWipeArgs) -> VolumeChange:
         volume.wipePattern(_WIPE_ALGORITHMS[a.algorithm], 0)
     ctx.changed = True
     ctx.progress.update(total, total, final=True)
-    wiped = volume_object(a.pool, volume)
+    wiped = volume_object(a.pool, volume).model_copy(update={"in_use_by": users})
     ctx.volume_event(EventType.volume_wiped, wiped)
     return VolumeChange(**wiped.model_dump(), changed=True)
 
