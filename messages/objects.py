@@ -50,6 +50,9 @@ class VolumeObject(Strict):
     capacity: Size
     allocation: Size
     backing: BackingStore | None = Field(None, description="The volume's direct backing store; null when it has none")
+    backing_chain: list[BackingStore] | None = Field(
+        None, description="Every link of the backing chain, from the direct backing store to the root; [] when "
+                          "the volume has no backing store; null where the command did not look")
     in_use_by: list[str] | None = Field(None, description="Domains whose definition or running state uses the "
                                                           "volume; null where the command did not look")
 

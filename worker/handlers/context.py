@@ -85,19 +85,19 @@ class Context:
         return volume
 
     def describe_volume(self, pool_name: str, name: str) -> VolumeObject:
-        """The volume object: one round trip with a handle kept from an earlier command
+        """The volume object, with its backing chain: one round trip with a handle kept from an earlier command
         (worker.virt.handles), the look-up and the read otherwise. A kept handle whose volume or
         pool is gone takes the look-up path, which names what is missing."""
         kept = self.gateway.volumes.get(pool_name, name)
         if kept is not None:
             try:
-                return described_volume(pool_name, kept.XMLDesc(0), BackingResolver(self.conn))
+                return described_volume(pool_name, kept.XMLDesc(0), BackingResolver(self.conn), chain=True)
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() not in (libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL):
                     raise
                 self.gateway.volumes.forget(pool_name, name)
         handle = self.volume(self.active_pool(pool_name), name)
-        described = described_volume(pool_name, handle.XMLDesc(0), BackingResolver(self.conn))
+        described = described_volume(pool_name, handle.XMLDesc(0), BackingResolver(self.conn), chain=True)
         self.gateway.volumes.put(pool_name, name, handle)
         return described
 

@@ -64,9 +64,9 @@ def create(ctx: Context, a: VolumeCreateArgs) -> VolumeChange:
         if existing is None:
             raise
         _same_or_conflict(a, fmt, backing_path, existing)
-        return VolumeChange(**volume_object(a.pool, existing).model_dump(), changed=ctx.changed)
+        return VolumeChange(**volume_object(a.pool, existing, chain=True).model_dump(), changed=ctx.changed)
     ctx.changed = True
-    made = volume_object(a.pool, volume)
+    made = volume_object(a.pool, volume, chain=True)
     ctx.volume_event(EventType.volume_created, made)
     return VolumeChange(**made.model_dump(), changed=True)
 
@@ -114,7 +114,7 @@ def list_(ctx: Context, a: VolumeListArgs) -> VolumeList:
     pool = ctx.active_pool(a.pool)
     volumes = sorted(pool.listAllVolumes(0), key=lambda v: v.name())
     resolver = BackingResolver(ctx.conn)
-    described = [volume_object(a.pool, v, resolver) for v in volumes]
+    described = [volume_object(a.pool, v, resolver, chain=True) for v in volumes]
     scan = DomainScan.read(ctx.conn)
     return VolumeList(volumes=[_with_users(v, scan) for v in described])
 

@@ -33,6 +33,19 @@ class BackingResolver:
         path, fmt = volume_xml.backing_of(xml)
         return None if path is None else self._store(path, fmt)
 
+    def chain(self, xml: str) -> list[BackingStore]:
+        """Every link of the backing chain named in a volume's XML, from its direct backing store to
+        the root; a link that is no pool's volume ends it."""
+        links: list[BackingStore] = []
+        path, fmt = volume_xml.backing_of(xml)
+        while path is not None and len(links) < MAX_DEPTH and all(link.path != path for link in links):
+            links.append(self._store(path, fmt))
+            found = self._volume_at(path)
+            if found is None:
+                break
+            path, fmt = volume_xml.backing_of(found[2])
+        return links
+
     def _store(self, path: str, fmt: str | None) -> BackingStore:
         found = self._volume_at(path)
         pool, name = (found[0], found[1]) if found is not None else (None, None)

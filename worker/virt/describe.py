@@ -42,17 +42,22 @@ def pool_object(pool: libvirt.virStoragePool, known: PoolObject | None = None) -
     )
 
 
-def volume_object(pool_name: str, volume: libvirt.virStorageVol,
-                  resolver: BackingResolver | None = None) -> VolumeObject:
+def volume_object(pool_name: str, volume: libvirt.virStorageVol, resolver: BackingResolver | None = None, *,
+                  chain: bool = False) -> VolumeObject:
     """The volume as it is now; `resolver` names backing stores (one per command, shared by the
-    volumes it describes)."""
-    return described_volume(pool_name, volume.XMLDesc(0), resolver or BackingResolver(volume.connect()))
+    volumes it describes); `chain`: with its whole backing chain."""
+    return described_volume(pool_name, volume.XMLDesc(0), resolver or BackingResolver(volume.connect()),
+                            chain=chain)
 
 
-def described_volume(pool_name: str, xml: str, resolver: BackingResolver) -> VolumeObject:
+def described_volume(pool_name: str, xml: str, resolver: BackingResolver, *, chain: bool = False) -> VolumeObject:
     """The volume object of a volume's XML, its backing store named by pool and volume where it is
-    one (a round trip only for a volume that has a backing store)."""
+    one (a round trip only for a volume that has a backing store); with `chain`, every link of its
+    backing chain too (`backing_chain`)."""
     volume = volume_xml.read(pool_name, xml)
+    if chain:
+        links = resolver.chain(xml)
+        return volume.model_copy(update={"backing": links[0] if links else None, "backing_chain": links})
     backing = resolver.direct(xml)
     return volume if backing is None else volume.model_copy(update={"backing": backing})
 
