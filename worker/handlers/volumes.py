@@ -64,9 +64,12 @@ def create(ctx: Context, a: VolumeCreateArgs) -> VolumeChange:
         if existing is None:
             raise
         _same_or_conflict(a, fmt, backing_path, existing)
-        return VolumeChange(**volume_object(a.pool, existing, chain=True).model_dump(), changed=ctx.changed)
+        held = volume_object(a.pool, existing, chain=True)
+        ctx.declare(held.key, fmt or held.format)
+        return VolumeChange(**held.model_dump(), changed=ctx.changed)
     ctx.changed = True
     made = volume_object(a.pool, volume, chain=True)
+    ctx.declare(made.key, fmt or made.format)
     ctx.volume_event(EventType.volume_created, made)
     return VolumeChange(**made.model_dump(), changed=True)
 
@@ -97,6 +100,7 @@ def delete(ctx: Context, a: VolumeDeleteArgs) -> VolumeDeleted:
         if a.wipe:
             volume.wipePattern(libvirt.VIR_STORAGE_VOL_WIPE_ALG_ZERO, 0)
         volume.delete(0)
+        ctx.forget_volume(last.key)
         ctx.changed = True
         ctx.volume_event(EventType.volume_deleted, last)
     return VolumeDeleted(pool=a.pool, name=a.name, changed=ctx.changed)

@@ -73,3 +73,13 @@ def libvirt_version(number: int) -> str:
 
 def pool_type(pool: libvirt.virStoragePool) -> str:
     return parse(pool.XMLDesc(0)).get("type") or ""
+
+
+def physical_length(vol: libvirt.virStorageVol, fallback: int) -> int:
+    """The bytes a volume's storage holds (its file's length), which is what a stream moves."""
+    try:
+        return vol.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2]
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG):
+            return fallback
+        raise
