@@ -67,6 +67,18 @@ class VolumeCloneArgs(Strict):
     source_pool: ResourceName | None = Field(None, description="Default: the same pool")
     format: VolumeFormat | None = Field(None, description="Default: the source's format")
     capacity: PositiveSize | None = Field(None, description="Default: the source's capacity")
+    reflink: Literal["auto"] | StrictBool = Field(
+        "auto", description="Share the source's extents (copy-on-write) instead of copying: true insists "
+                            "(unsupported where the file system or libvirt cannot), false never, auto where it can")
+    flatten: StrictBool = Field(False, description="Of an overlay: a self-contained copy instead of a new overlay "
+                                                    "of the same backing store")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "VolumeCloneArgs":
+        if self.reflink is True and self.flatten:
+            raise ValueError("reflink: true shares the source's bytes as they are and cannot flatten them; "
+                             "send reflink: auto or false with flatten: true")
+        return self
 
 
 class VolumeResizeArgs(Strict):

@@ -44,10 +44,10 @@ def test_declared_formats_and_unfinished_copies_are_kept():
     records.declare("/pool/a", "raw")
     records.declare("/pool/a", "qcow2")
     assert records.declared("/pool/a") == "qcow2"
-    records.start_copy("/pool/b", "raw", "cmd-1")
-    assert (records.declared("/pool/b"), records.copying("/pool/b")) == ("raw", "cmd-1")
-    records.declare("/pool/b", "raw")
-    assert records.copying("/pool/b") is None, "declaring the finished copy clears the mark"
+    records.copy_started("images", "b", "cmd-1")
+    assert records.unfinished_copy("images", "b") == "cmd-1" and records.unfinished_copy("images", "c") is None
+    records.copy_ended("images", "b")
+    assert records.unfinished_copy("images", "b") is None
     records.forget("/pool/a")
     assert records.declared("/pool/a") is None
     records.close()

@@ -1,9 +1,9 @@
-"""Volume operations: create, clone, resize, wipe, delete, info, list.
+"""Volume operations: create, resize, wipe, delete, info, list (volume.clone is in clones.py).
 
-create and clone converge: an existing volume with the same capacity, format (and backing) succeeds
-with changed=false; one that differs fails with conflict, naming each difference. resize converges
-on the asked-for capacity. Clone and wipe run inside one libvirt call that reports nothing, so
-their progress is sampled from the side while it runs.
+create converges: an existing volume with the same capacity, format (and backing) succeeds with
+changed=false; one that differs fails with conflict, naming each difference. resize converges on the
+asked-for capacity. A wipe runs inside one libvirt call that reports nothing, so its progress is
+sampled from the side while it runs.
 """
 
 from __future__ import annotations
@@ -12,16 +12,17 @@ import libvirt
 
 from messages.events import EventType
 from messages.objects import VolumeObject
-from messages.operations import (VOLUME_CLONE, VOLUME_CREATE, VOLUME_DELETE, VOLUME_INFO, VOLUME_LIST,
+from messages.operations import (VOLUME_CREATE, VOLUME_DELETE, VOLUME_INFO, VOLUME_LIST,
                                  VOLUME_RESIZE, VOLUME_WIPE)
 from messages.payloads import VolumeChange, VolumeDeleted, VolumeList, VolumeResized
-from messages.volumes import (VolumeCloneArgs, VolumeCreateArgs, VolumeDeleteArgs, VolumeListArgs,
+from messages.volumes import (VolumeCreateArgs, VolumeDeleteArgs, VolumeListArgs,
                               VolumeNameArgs, VolumeResizeArgs, VolumeWipeArgs)
 from worker.errors import conflict, invalid
 from worker.handlers import in_use
 from worker.handlers.in_use import refuse_if_in_use
 from worker.handlers.procfs import write_positions
 from worker.handlers.progress import watched
+from worker.handlers.clones import FILE_POOLS
 from worker.handlers.context import Context
 from worker.handlers.registry import handles
 from worker.virt import volume_xml
@@ -37,15 +38,12 @@ _WIPE_PASSES = {"zero": 1, "nnsa": 4, "dod": 4, "bsi": 9, "gutmann": 35, "schnei
                 "pfitzner33": 33, "random": 1, "trim": 1}
 
 DEFAULT_FORMAT = "raw"
-# Pool types whose volumes are files with a format of their own; the others (logical, disk, iscsi...)
-# hold raw block devices and take no format.
-_FILE_POOLS = {"dir", "fs", "netfs", "gluster", "vstorage"}
 
 
 @handles(VOLUME_CREATE)
 def create(ctx: Context, a: VolumeCreateArgs) -> VolumeChange:
     pool = ctx.active_pool(a.pool)
-    file_pool = ctx.gateway.pool_type(pool) in _FILE_POOLS
+    file_pool = ctx.gateway.pool_type(pool) in FILE_POOLS
     fmt = (a.format or DEFAULT_FORMAT) if file_pool else a.format
     backing_path = backing_format = None
     if a.backing is not None:
@@ -127,44 +125,6 @@ def _with_users(volume: VolumeObject, scan: DomainScan) -> VolumeObject:
     return volume.model_copy(update={"in_use_by": in_use.domain_names(scan.users(volume.pool, volume.name,
                                                                                   volume.path))})
 
-
-
-@handles(VOLUME_CLONE)
-def clone(ctx: Context, a: VolumeCloneArgs) -> VolumeChange:
-    pool = ctx.active_pool(a.pool)
-    source_pool_name = a.source_pool or a.pool
-    source = ctx.volume(ctx.active_pool(source_pool_name), a.source)
-    original = volume_object(source_pool_name, source)
-    capacity = a.capacity or original.capacity
-    if capacity < original.capacity:
-        raise invalid(f"capacity {capacity} is smaller than the capacity {original.capacity} of the source "
-                      f"{source_pool_name}/{a.source}; a clone cannot shrink it")
-    fmt = a.format or original.format
-    existing = ctx.find_volume(pool, a.name)
-    if existing is not None:
-        held = volume_object(a.pool, existing)
-        found = [f"{what} is {have!r} on the host, the command asks for {want!r}"
-                 for what, have, want in (("capacity", held.capacity, capacity), ("format", held.format, fmt))
-                 if have != want]
-        if found:
-            raise conflict(f"volume {a.name!r} already exists in pool {a.pool!r} and differs: {'; '.join(found)}")
-        return VolumeChange(**held.model_dump(), changed=ctx.changed)
-    xml = volume_xml.build(a.name, capacity, allocation=0, format=fmt)
-    total = original.allocation or original.capacity
-
-    def copied() -> tuple[int, int] | None:
-        building = ctx.find_volume(pool, a.name)
-        return None if building is None else (min(building.info()[2], total), total)
-
-    with watched(ctx.progress, copied):
-        volume = pool.createXMLFrom(xml, source, 0)
-    ctx.changed = True
-    if volume.info()[1] < capacity:  # a format conversion (qemu-img convert) keeps the source's size
-        volume.resize(capacity, 0)
-    made = volume_object(a.pool, volume)
-    ctx.progress.update(total, total, final=True)
-    ctx.volume_event(EventType.volume_created, made)
-    return VolumeChange(**made.model_dump(), changed=True)
 
 
 @handles(VOLUME_RESIZE)

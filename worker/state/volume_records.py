@@ -8,12 +8,13 @@ so a raw volume whose guest wrote a qcow2 header into it reads back as qcow2 —
 file that header names. volume.attach writes the declared format as the disk's driver type and
 volume.upload checks what it wrote against it (worker/handlers/untrusted.py).
 
-A clone the worker copies itself (worker/handlers/clones.py) is marked while it copies: a worker
-killed in the middle leaves a volume of the right name, size and format holding part of the data,
-which a repeat of the command must not take for the finished clone.
+A clone the worker copies itself (worker/handlers/clones.py) is marked, by pool and name, from
+before its volume is made until its copy is complete: a worker killed in the middle leaves a volume
+of the right name, size and format holding part of the data, which a repeat of the command must not
+take for the finished clone.
 
-SQLite in STATE_DIR (volumes.sqlite3, WAL), keyed by the volume's libvirt key (its path, for file
-volumes). A record that cannot be read or written is logged and the operation goes on without it:
+SQLite in STATE_DIR (volumes.sqlite3, WAL); formats are keyed by the volume's libvirt key (its
+path, for file volumes). A record that cannot be read or written is logged and the operation goes on without it:
 it then falls back to libvirt's view, as for a volume it never saw.
 """
 
@@ -30,11 +31,17 @@ log = logging.getLogger(__name__)
 FILE = "volumes.sqlite3"
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS volumes (
+CREATE TABLE IF NOT EXISTS formats (
     key        TEXT PRIMARY KEY,
     format     TEXT NOT NULL,
-    copying    TEXT,
     updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS copies (
+    pool       TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    command_id TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    PRIMARY KEY (pool, name)
 );
 """
 
@@ -51,26 +58,27 @@ class VolumeRecords:
             self._db.executescript(_SCHEMA)
 
     def declared(self, key: str) -> str | None:
-        row = self._query("SELECT format FROM volumes WHERE key = ?", (key,))
+        row = self._query("SELECT format FROM formats WHERE key = ?", (key,))
         return row[0] if row else None
 
     def declare(self, key: str, fmt: str) -> None:
-        self._write("INSERT INTO volumes (key, format, updated_at) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE "
-                    "SET format = excluded.format, copying = NULL, updated_at = excluded.updated_at",
-                    (key, fmt, time.time()))
-
-    def copying(self, key: str) -> str | None:
-        """The id of the command whose copy into this volume never finished, or None."""
-        row = self._query("SELECT copying FROM volumes WHERE key = ?", (key,))
-        return row[0] if row else None
-
-    def start_copy(self, key: str, fmt: str, command_id: str) -> None:
-        self._write("INSERT INTO volumes (key, format, copying, updated_at) VALUES (?, ?, ?, ?) ON CONFLICT(key) "
-                    "DO UPDATE SET format = excluded.format, copying = excluded.copying, "
-                    "updated_at = excluded.updated_at", (key, fmt, command_id, time.time()))
+        self._write("INSERT INTO formats (key, format, updated_at) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE "
+                    "SET format = excluded.format, updated_at = excluded.updated_at", (key, fmt, time.time()))
 
     def forget(self, key: str) -> None:
-        self._write("DELETE FROM volumes WHERE key = ?", (key,))
+        self._write("DELETE FROM formats WHERE key = ?", (key,))
+
+    def unfinished_copy(self, pool: str, name: str) -> str | None:
+        """The id of the command whose copy into this volume never finished, or None."""
+        row = self._query("SELECT command_id FROM copies WHERE pool = ? AND name = ?", (pool, name))
+        return row[0] if row else None
+
+    def copy_started(self, pool: str, name: str, command_id: str) -> None:
+        self._write("INSERT OR REPLACE INTO copies (pool, name, command_id, started_at) VALUES (?, ?, ?, ?)",
+                    (pool, name, command_id, time.time()))
+
+    def copy_ended(self, pool: str, name: str) -> None:
+        self._write("DELETE FROM copies WHERE pool = ? AND name = ?", (pool, name))
 
     def close(self) -> None:
         with self._lock:
