@@ -8,8 +8,9 @@ live XML only). A volume is built on another when the other is in its backing ch
 Reading every domain's XML is one round trip per domain and per part (live, persistent), so a
 command scans the domains once (`DomainScan`) and asks that one scan about every volume it
 describes: volume.list of 10 000 volumes costs one scan, not 10 000. Finding the volumes built on
-one reads every volume's XML of every running pool (`dependants`): done only before an operation
-that would destroy or overwrite the volume.
+one reads every volume's XML of every running pool that can hold one (`dependants`: not disk, iscsi,
+scsi or mpath pools, whose volumes never have a backing store): done only before an operation that
+would destroy or overwrite the volume.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ from dataclasses import dataclass
 import libvirt
 
 from worker.virt import disk_xml, volume_xml
+from worker.virt.describe import pool_type
 
 log = logging.getLogger(__name__)
 
 _GONE = (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_STORAGE_VOL)
+# Pool types whose volumes are partitions, LUNs or multipath devices: none has a backing store, so
+# their volumes are not read when looking for volumes built on another.
+_NO_BACKING_POOLS = frozenset({"disk", "iscsi", "iscsi-direct", "scsi", "mpath"})
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,8 @@ def dependants(conn: libvirt.virConnect, path: str) -> list[VolumeName]:
     for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
         try:
             pool_name = pool.name()
+            if pool_type(pool) in _NO_BACKING_POOLS:
+                continue
             for volume in pool.listAllVolumes(0):
                 try:
                     xml = volume.XMLDesc(0)
