@@ -8,7 +8,8 @@
         domains.define(name, disks=[...]) defines a domain of type qemu (TCG) without OS, with ACPI
         (live attach needs it) and the given <disk> elements; domains.start(name) starts it (the
         firmware finds nothing to boot and waits). Every domain made is destroyed and undefined
-        afterwards, on a connection of its own (the test's may have died with libvirtd).
+        afterwards, on a connection of its own (the test's may have died with libvirtd), waiting
+        for libvirtd when it is being restarted.
 
 Use them by importing the fixtures: `from tests.integration.domains import domains, guest_root  # noqa: F401`.
 """
@@ -24,7 +25,7 @@ import libvirt
 import pytest
 from lxml import etree
 
-from tests.conftest import LIBVIRT_URI
+from tests.integration.storage_devices import _open_patiently
 
 IMAGES = Path("/var/lib/libvirt/images")
 INACTIVE = libvirt.VIR_DOMAIN_XML_INACTIVE
@@ -99,7 +100,7 @@ class Domains:
         return (dom.XMLDesc(0) if dom.isActive() else ""), dom.XMLDesc(INACTIVE)
 
     def remove_all(self) -> None:
-        conn = libvirt.open(LIBVIRT_URI)
+        conn = _open_patiently()  # other developers' tools restart the shared daemon
         try:
             for name in self.names:
                 try:
