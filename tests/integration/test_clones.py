@@ -120,6 +120,15 @@ def test_an_overlay_is_copied_as_an_overlay_or_flattened(harness, client, pool):
                                                     "format": "raw"}), "failed", "invalid")
     print(f"conversion of an overlay without flatten: {message}")
     assert "cannot keep its backing chain" in message and "flatten: true" in message
+    message = error_of(client.call("volume.clone", {"pool": pool, "source": "base.raw", "name": "base.qcow2",
+                                                    "format": "qcow2", "reflink": True}), "failed", "unsupported")
+    print(f"reflink: true with a conversion: {message}")
+    assert "cannot make a qcow2 volume of a raw one" in message
+    message = error_of(client.call("volume.clone", {"pool": pool, "source": "top.qcow2", "name": "x.qcow2",
+                                                    "reflink": True, "flatten": True}), "rejected", "invalid")
+    assert "cannot flatten" in message
+    names = {v["name"] for v in ok(client.call("volume.list", {"pool": pool}))["volumes"]}
+    assert names == {"base.raw", "top.qcow2", "kept.qcow2", "flat.qcow2"}, "the refusals made nothing"
     raw = ok(client.call("volume.clone", {"pool": pool, "source": "top.qcow2", "name": "top.raw", "format": "raw",
                                           "flatten": True}))
     same = subprocess.run(["qemu-img", "compare", "-U", "-f", "qcow2", "-F", "raw", overlay["path"], raw["path"]],

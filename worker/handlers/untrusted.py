@@ -165,8 +165,13 @@ def _put_back(ctx: Context, pool: libvirt.virStoragePool, volume: libvirt.virSto
         made = "wiped back to zeros"
     else:
         volume.delete(0)
-        volume = pool.createXML(volume_xml.build(was.name, was.capacity, allocation=0, format=was.declared,
-                                                 backing_path=was.backing_path, backing_format=was.backing_format), 0)
+        xml = volume_xml.build(was.name, was.capacity, allocation=0, format=was.declared,
+                               backing_path=was.backing_path, backing_format=was.backing_format)
+        try:
+            volume = pool.createXML(xml, 0)
+        except libvirt.libvirtError as error:
+            ctx.volume_event(EventType.volume_deleted, volume_xml.read(pool.name(), xml))
+            return f"deleted, and making it again failed ({error.get_error_message()})"
         made = f"made again as an empty {was.declared} volume of {was.capacity} bytes"
     try:  # libvirt's view of the volume may be a probe of what was refused: look again
         pool.refresh(0)
