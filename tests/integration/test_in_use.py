@@ -158,3 +158,15 @@ def test_a_volume_other_volumes_are_built_on_is_in_use(harness, client, pool, gu
     # The running guest has the whole chain; volume.info names it for every link.
     for name in ("base.raw", "top.qcow2", "upper.qcow2"):
         assert ok(client.call("volume.info", {"pool": pool, "name": name}))["in_use_by"] == [dom]
+
+
+def test_an_overlay_made_outside_the_worker_a_moment_ago_counts(harness, client, pool, libvirt_conn):
+    """The worker's view of the volumes has not seen it yet: the look reads it from libvirt."""
+    base = filled(client, pool, "base.raw")
+    libvirt_conn.storagePoolLookupByName(pool).createXML(
+        f"<volume><name>outside.qcow2</name><capacity>{16 * MiB}</capacity><target><format type='qcow2'/></target>"
+        f"<backingStore><path>{base['path']}</path><format type='raw'/></backingStore></volume>", 0)
+    before = state([base["path"]], None, [])
+    message = error_of(client.call("volume.delete", {"pool": pool, "name": "base.raw"}), "failed", "in_use")
+    assert f"volumes are built on it: volume 'outside.qcow2' of pool '{pool}'" in message
+    assert state([base["path"]], None, []) == before

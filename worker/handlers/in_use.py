@@ -47,7 +47,7 @@ def refuse_if_in_use(ctx: Context, act: Act, pool: str, name: str, path: str, *,
     the names of the domains that use it themselves (the volume object's `in_use_by`)."""
     scan = DomainScan.read(ctx.conn)
     own = scan.users(pool, name, path)
-    built = dependants(ctx.conn, path)
+    built = dependants(ctx.conn, path, ctx.inventory.volumes if ctx.inventory is not None else None)
     through = [use for volume in built for use in scan.users(volume.pool, volume.name, volume.path, via=volume)]
     uses = own + through
     volume = VolumeName(pool, name, path)

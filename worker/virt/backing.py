@@ -28,16 +28,14 @@ class BackingResolver:
         # path -> (pool, name, volume XML) of the pool volume at that path, or None when it is none
         self._found: dict[str, tuple[str, str, str] | None] = {}
 
-    def direct(self, xml: str) -> BackingStore | None:
-        """The direct backing store named in a volume's XML, or None when it has none."""
-        path, fmt = volume_xml.backing_of(xml)
+    def direct(self, path: str | None, fmt: str | None) -> BackingStore | None:
+        """The direct backing store a volume's XML names by (path, format), or None without one."""
         return None if path is None else self._store(path, fmt)
 
-    def chain(self, xml: str) -> list[BackingStore]:
-        """Every link of the backing chain named in a volume's XML, from its direct backing store to
-        the root; a link that is no pool's volume ends it."""
+    def chain(self, path: str | None, fmt: str | None) -> list[BackingStore]:
+        """Every link of the backing chain that starts at the direct backing store (path, format),
+        to the root; a link that is no pool's volume ends it."""
         links: list[BackingStore] = []
-        path, fmt = volume_xml.backing_of(xml)
         while path is not None and len(links) < MAX_DEPTH and all(link.path != path for link in links):
             links.append(self._store(path, fmt))
             found = self._volume_at(path)

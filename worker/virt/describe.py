@@ -54,11 +54,11 @@ def described_volume(pool_name: str, xml: str, resolver: BackingResolver, *, cha
     """The volume object of a volume's XML, its backing store named by pool and volume where it is
     one (a round trip only for a volume that has a backing store); with `chain`, every link of its
     backing chain too (`backing_chain`)."""
-    volume = volume_xml.read(pool_name, xml)
+    volume, path, fmt = volume_xml.read_backed(pool_name, xml)
     if chain:
-        links = resolver.chain(xml)
+        links = resolver.chain(path, fmt)
         return volume.model_copy(update={"backing": links[0] if links else None, "backing_chain": links})
-    backing = resolver.direct(xml)
+    backing = resolver.direct(path, fmt)
     return volume if backing is None else volume.model_copy(update={"backing": backing})
 
 

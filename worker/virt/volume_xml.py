@@ -27,7 +27,16 @@ def build(name: str, capacity: int, *, allocation: int | None = None, format: st
 
 
 def read(pool: str, xml: str) -> VolumeObject:
+    return _volume(pool, parse(xml))
+
+
+def read_backed(pool: str, xml: str) -> tuple[VolumeObject, str | None, str | None]:
+    """The volume object and the (path, format) of its backing store, from one parse."""
     root = parse(xml)
+    return _volume(pool, root), text_of(root, "backingStore/path"), attr_of(root, "backingStore/format", "type")
+
+
+def _volume(pool: str, root: etree._Element) -> VolumeObject:
     return VolumeObject(
         pool=pool,
         name=text_of(root, "name") or "",
