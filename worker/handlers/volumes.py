@@ -116,14 +116,21 @@ def list_(ctx: Context, a: VolumeListArgs) -> VolumeList:
     pool = ctx.active_pool(a.pool)
     volumes = sorted(pool.listAllVolumes(0), key=lambda v: v.name())
     resolver = BackingResolver(ctx.conn)
-    described = [volume_object(a.pool, v, resolver, chain=True) for v in volumes]
     scan = DomainScan.read(ctx.conn)
-    return VolumeList(volumes=[_with_users(v, scan) for v in described])
+    return VolumeList(volumes=[volume_object(a.pool, v, resolver, chain=True, users=_users_in(scan))
+                               for v in volumes])
+
+
+def _users_in(scan: DomainScan):
+    """The domain names a scan finds using a volume (the volume object's `in_use_by`)."""
+    def users(volume: VolumeObject) -> list[str]:
+        return in_use.domain_names(scan.users(volume.pool, volume.name, volume.path))
+
+    return users
 
 
 def _with_users(volume: VolumeObject, scan: DomainScan) -> VolumeObject:
-    return volume.model_copy(update={"in_use_by": in_use.domain_names(scan.users(volume.pool, volume.name,
-                                                                                  volume.path))})
+    return volume.model_copy(update={"in_use_by": _users_in(scan)(volume)})
 
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import libvirt
 
 from messages.objects import PoolObject, PoolState, VolumeObject
@@ -43,23 +45,28 @@ def pool_object(pool: libvirt.virStoragePool, known: PoolObject | None = None) -
 
 
 def volume_object(pool_name: str, volume: libvirt.virStorageVol, resolver: BackingResolver | None = None, *,
-                  chain: bool = False) -> VolumeObject:
+                  chain: bool = False, users: Callable[[VolumeObject], list[str]] | None = None) -> VolumeObject:
     """The volume as it is now; `resolver` names backing stores (one per command, shared by the
-    volumes it describes); `chain`: with its whole backing chain."""
+    volumes it describes); `chain`: with its whole backing chain; `users`: with `in_use_by`."""
     return described_volume(pool_name, volume.XMLDesc(0), resolver or BackingResolver(volume.connect()),
-                            chain=chain)
+                            chain=chain, users=users)
 
 
-def described_volume(pool_name: str, xml: str, resolver: BackingResolver, *, chain: bool = False) -> VolumeObject:
+def described_volume(pool_name: str, xml: str, resolver: BackingResolver, *, chain: bool = False,
+                     users: Callable[[VolumeObject], list[str]] | None = None) -> VolumeObject:
     """The volume object of a volume's XML, its backing store named by pool and volume where it is
     one (a round trip only for a volume that has a backing store); with `chain`, every link of its
-    backing chain too (`backing_chain`)."""
+    backing chain too (`backing_chain`); with `users`, the domains that use it (`in_use_by`)."""
     volume, path, fmt = volume_xml.read_backed(pool_name, xml)
+    update: dict = {}
     if chain:
         links = resolver.chain(path, fmt)
-        return volume.model_copy(update={"backing": links[0] if links else None, "backing_chain": links})
-    backing = resolver.direct(path, fmt)
-    return volume if backing is None else volume.model_copy(update={"backing": backing})
+        update.update(backing=links[0] if links else None, backing_chain=links)
+    elif path is not None:
+        update["backing"] = resolver.direct(path, fmt)
+    if users is not None:
+        update["in_use_by"] = users(volume)
+    return volume.model_copy(update=update) if update else volume
 
 
 def supported_pool_types(conn: libvirt.virConnect) -> list[str]:

@@ -33,7 +33,10 @@ def read(pool: str, xml: str) -> VolumeObject:
 def read_backed(pool: str, xml: str) -> tuple[VolumeObject, str | None, str | None]:
     """The volume object and the (path, format) of its backing store, from one parse."""
     root = parse(xml)
-    return _volume(pool, root), text_of(root, "backingStore/path"), attr_of(root, "backingStore/format", "type")
+    backing = root.find("backingStore")
+    if backing is None:  # most volumes: one look instead of two
+        return _volume(pool, root), None, None
+    return _volume(pool, root), text_of(backing, "path"), attr_of(backing, "format", "type")
 
 
 def _volume(pool: str, root: etree._Element) -> VolumeObject:
