@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+from pydantic import Field
+
 from messages.fields import Size, Strict
 
 
@@ -28,6 +30,16 @@ class PoolObject(Strict):
     target_path: str | None
 
 
+class BackingStore(Strict):
+    """A volume's backing store: the pool's volume it is, or, when it is no pool's volume, only its
+    path (`pool` and `name` null)."""
+
+    pool: str | None
+    name: str | None
+    path: str
+    format: str | None
+
+
 class VolumeObject(Strict):
     pool: str
     name: str
@@ -37,6 +49,12 @@ class VolumeObject(Strict):
     format: str | None
     capacity: Size
     allocation: Size
+    backing: BackingStore | None = Field(None, description="The volume's direct backing store; null when it has none")
+    backing_chain: list[BackingStore] | None = Field(
+        None, description="Every link of the backing chain, from the direct backing store to the root; [] when "
+                          "the volume has no backing store; null where the command did not look")
+    in_use_by: list[str] | None = Field(None, description="Domains whose definition or running state uses the "
+                                                          "volume; null where the command did not look")
 
 
 class DiskObject(Strict):

@@ -158,8 +158,8 @@ VOLUME_CREATE = Operation(name="volume.create", args=vl.VolumeCreateArgs, result
                           uses=(*_VOLUME_WRITE, _BACKING), summary="Create a volume")
 VOLUME_CLONE = Operation(name="volume.clone", args=vl.VolumeCloneArgs, result=p.VolumeChange,
                          uses=(*_VOLUME_WRITE, VolumeRef(pool="source_pool|pool", name="source")),
-                         long_running=True, summary="Create a volume as a copy of another")
-VOLUME_RESIZE = Operation(name="volume.resize", args=vl.VolumeResizeArgs, result=p.VolumeChange,
+                         long_running=True, cancellable=True, summary="Create a volume as a copy of another")
+VOLUME_RESIZE = Operation(name="volume.resize", args=vl.VolumeResizeArgs, result=p.VolumeResized,
                           uses=_VOLUME_WRITE, summary="Change a volume's capacity")
 VOLUME_WIPE = Operation(name="volume.wipe", args=vl.VolumeWipeArgs, result=p.VolumeChange, uses=_VOLUME_WRITE,
                         long_running=True, summary="Overwrite a volume's data")

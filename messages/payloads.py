@@ -38,6 +38,12 @@ class VolumeChange(VolumeObject):
     changed: bool = Changed
 
 
+class VolumeResized(VolumeObject):
+    changed: bool = Changed
+    online: bool = Field(description="true when the volume was grown through the running domains that have it "
+                                     "(virDomainBlockResize), so their guests see the new capacity")
+
+
 class VolumeUploaded(VolumeObject):
     changed: bool = Changed
     bytes: Size = Field(description="data bytes sent, holes excluded")

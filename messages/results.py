@@ -30,6 +30,7 @@ class ErrorCode(str, Enum):
     timeout = "timeout"
     cancelled = "cancelled"
     internal = "internal"
+    in_use = "in_use"
 
 
 class LibvirtError(Strict):

@@ -16,6 +16,9 @@ VolumeFormat = Literal[
 # Formats that can point at a backing volume.
 BACKING_FORMATS = frozenset({"qcow2", "qcow", "qed", "vmdk"})
 
+FORCE_DOC = ("Go ahead although domains that are not running, or volumes built on this one, use the volume "
+             "(never under a running guest)")
+
 WipeAlgorithm = Literal[
     "zero", "nnsa", "dod", "bsi", "gutmann", "schneier", "pfitzner7", "pfitzner33", "random", "trim",
 ]
@@ -64,6 +67,18 @@ class VolumeCloneArgs(Strict):
     source_pool: ResourceName | None = Field(None, description="Default: the same pool")
     format: VolumeFormat | None = Field(None, description="Default: the source's format")
     capacity: PositiveSize | None = Field(None, description="Default: the source's capacity")
+    reflink: Literal["auto"] | StrictBool = Field(
+        "auto", description="Share the source's extents (copy-on-write) instead of copying: true insists "
+                            "(unsupported where the file system or libvirt cannot), false never, auto where it can")
+    flatten: StrictBool = Field(False, description="Of an overlay: a self-contained copy instead of a new overlay "
+                                                    "of the same backing store")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "VolumeCloneArgs":
+        if self.reflink is True and self.flatten:
+            raise ValueError("reflink: true shares the source's bytes as they are and cannot flatten them; "
+                             "send reflink: auto or false with flatten: true")
+        return self
 
 
 class VolumeResizeArgs(Strict):
@@ -72,12 +87,14 @@ class VolumeResizeArgs(Strict):
     capacity: PositiveSize
     shrink: StrictBool = False
     allocate: StrictBool = False
+    force: StrictBool = Field(False, description=FORCE_DOC)
 
 
 class VolumeWipeArgs(Strict):
     pool: ResourceName
     name: ResourceName
     algorithm: WipeAlgorithm = "zero"
+    force: StrictBool = Field(False, description=FORCE_DOC)
 
 
 class UploadSource(Strict):
@@ -102,6 +119,7 @@ class VolumeUploadArgs(Strict):
     offset: Size = 0
     length: Size | None = Field(None, description="Default: the whole source")
     sparse: StrictBool = True
+    force: StrictBool = Field(False, description=FORCE_DOC)
 
 
 class VolumeDownloadArgs(Strict):
@@ -117,6 +135,7 @@ class VolumeDeleteArgs(Strict):
     pool: ResourceName
     name: ResourceName
     wipe: StrictBool = Field(False, description="Overwrite the data with zeros before deleting")
+    force: StrictBool = Field(False, description=FORCE_DOC)
 
 
 DiskTarget = Annotated[str, StringConstraints(pattern=r"^(vd|sd|hd|xvd)[a-z]{1,3}$"),

@@ -1,6 +1,6 @@
 """Benchmarks of the worker, each beside a baseline measured in the same run (see scripts/bench).
 
-    scripts/bench [--only commands,transfers,events,scale] [--markdown FILE]
+    scripts/bench [--only commands,transfers,events,scale,clones] [--markdown FILE]
 
 Areas:
 - commands: volume.info and create+delete through the whole path (client -> broker -> worker ->
@@ -10,6 +10,8 @@ Areas:
   during a 4 GiB upload; volume.info latency on another volume while an upload runs.
 - events: libvirt pool callback -> broker confirm of the event, idle and with 500 commands in flight.
 - scale: pools of 100, 1 000 and 10 000 volumes: volume.list latency, re-listing time, memory.
+- clones: a 1 GiB volume cloned by reflink and by the worker's copy against libvirt's own clone of
+  it, on loop-mounted xfs (reflink=1) and ext4 (scripts/benchmarks/clones.py).
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from benchmarks.clones import bench_clones  # noqa: E402
 from benchmarks.common import (GiB, IMAGES, MiB, BenchPool, CpuMeter, Requester, Row, Table,  # noqa: E402
-                               WorkerProcess, command, histogram_buckets, histogram_quantile, ms, percentile)
+                               WorkerProcess, best_of, call_timed, command, histogram_buckets, histogram_quantile,
+                               ms, percentile, settle, timed)
 from benchmarks.floors import BarePika, libvirt_create_delete, libvirt_volume_info, p50_p99  # noqa: E402
 
 
@@ -141,33 +145,6 @@ def bench_memory(table: Table, worker: WorkerProcess, pool: BenchPool) -> None:
     growth = (later - late) / MiB
     table.add(Row("commands", "RSS growth over the next 5 000 commands", f"{growth:+.1f} MiB",
                   f"{(late - early) / MiB:+.1f} MiB over 8 000", None, "not growing", growth < 2))
-
-
-def timed(argv: list[str]) -> float:
-    began = time.perf_counter()
-    subprocess.run(argv, check=True, capture_output=True)
-    return time.perf_counter() - began
-
-
-def call_timed(client: Requester, op: str, args: dict) -> float:
-    return client.serial([command(op, args)])[0]
-
-
-def settle() -> None:
-    """Start each timed transfer from the same state: dirty pages written, page cache dropped."""
-    subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
-def best_of(rounds: int, worker_run, baseline_run) -> tuple[float, float]:
-    """Each side's best time over `rounds`, alternating which goes first (ABBA)."""
-    worker_times, baseline_times = [], []
-    for index in range(rounds):
-        order = [(worker_run, worker_times), (baseline_run, baseline_times)]
-        for run, times in (order if index % 2 == 0 else reversed(order)):
-            settle()
-            times.append(run())
-    return min(worker_times), min(baseline_times)
 
 
 def bench_transfers(table: Table, worker: WorkerProcess, pool: BenchPool, scratch: Path) -> None:
@@ -340,12 +317,18 @@ def bench_scale(table: Table, worker: WorkerProcess, root: Path) -> None:
             _wait_for_events_to_settle(worker)
             listing = [client.serial([command("volume.list", {"pool": pool.name})])[0] for _ in range(3)]
             client.expect_succeeded("volume.list")
+            # A delete first looks for volumes built on the one it deletes: every volume's XML is read.
+            deletes = []
+            for index in range(3):
+                client.serial([command("volume.create", {"pool": pool.name, "name": f"d{index}.raw", "capacity": MiB})])
+                deletes += client.serial([command("volume.delete", {"pool": pool.name, "name": f"d{index}.raw"})])
+            client.expect_succeeded("volume.create/delete")
             reconcile = _reconcile_seconds(worker)
-            timings[count] = (min(listing), reconcile, worker.rss() - rss_before)
+            timings[count] = (min(listing), reconcile, worker.rss() - rss_before, min(deletes))
             pool.remove()
     finally:
         client.close()
-    for count, (listing, reconcile, rss) in timings.items():
+    for count, (listing, reconcile, rss, delete) in timings.items():
         per = listing / count * 1e6
         table.add(Row("scale", f"volume.list of {count:,} volumes", f"{listing * 1000:.0f} ms", f"{per:.0f} us/volume",
                       None, "linear", None))
@@ -353,6 +336,8 @@ def bench_scale(table: Table, worker: WorkerProcess, root: Path) -> None:
                       None, "< 1 s at 10 000", reconcile < 1 if count == 10_000 else None))
         table.add(Row("scale", f"worker RSS growth holding and listing {count:,} volumes", f"{rss / MiB:+.1f} MiB",
                       f"{rss / count:.0f} B/volume", None, "linear", None))
+        table.add(Row("scale", f"volume.delete with {count:,} volumes in the pool (in-use look)",
+                      f"{delete * 1000:.0f} ms", f"{delete / count * 1e6:.0f} us/volume", None, "", None))
     small, large = timings[1000][0], timings[10_000][0]
     table.add(Row("scale", "volume.list 10 000 / 1 000 (10 = linear)", f"{large / small:.1f}", "", None, "~10",
                   large / small < 15))
@@ -386,7 +371,7 @@ def _reconcile_seconds(worker: WorkerProcess) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="commands,events,scale,transfers")
+    parser.add_argument("--only", default="commands,events,scale,transfers,clones")
     parser.add_argument("--markdown", help="also write the table as Markdown to this file")
     ns = parser.parse_args()
     areas = set(ns.only.split(","))
@@ -406,7 +391,8 @@ def main() -> int:
     areas_in_order = [("commands", lambda w: (bench_commands(table, w, pool), bench_memory(table, w, pool))),
                       ("events", lambda w: bench_events(table, w, pool)),
                       ("scale", lambda w: bench_scale(table, w, root)),
-                      ("transfers", lambda w: bench_transfers(table, w, pool, scratch))]
+                      ("transfers", lambda w: bench_transfers(table, w, pool, scratch)),
+                      ("clones", lambda w: bench_clones(table, w, root, tag))]
     try:
         for index, (area, run) in enumerate(areas_in_order):
             if area not in areas:

@@ -20,7 +20,9 @@ from worker.config import Settings
 from worker.watch.attribution import Attribution
 from worker.transport.events import EventPublisher, worker_data
 from worker.execution.runner import Runner
+from worker.state import volume_records
 from worker.state.inventory import Inventory
+from worker.state.volume_records import VolumeRecords
 from worker.telemetry.health import HealthServer
 from worker.state.journal import Journal, new_owner_id
 from worker.telemetry.metrics import Metrics
@@ -55,13 +57,15 @@ class Worker:
         self.metrics = Metrics()
         self.events = EventPublisher(self.link, topology, self.journal, settings.event_buffer, self.metrics)
         self.inventory = Inventory()
+        self.volume_records = VolumeRecords(settings.state_dir / volume_records.FILE)
         self.attribution = Attribution()
         self.gateway = LibvirtGateway(settings.libvirt_uri, on_connect=self._on_libvirt_connect,
                                       on_disconnect=self._on_libvirt_disconnect,
                                       spares=settings.concurrency + 1)  # executors and the monitor
         self.monitor = Monitor(settings, self.gateway, self.events, self.inventory, self.attribution,
-                               busy_volumes=self.scheduler.held_volumes, metrics=self.metrics)
-        runner = Runner(settings, self.gateway, self.events, inventory=self.inventory,
+                               busy_volumes=self.scheduler.held_volumes, metrics=self.metrics,
+                               forget_volume=self.volume_records.forget)
+        runner = Runner(settings, self.gateway, self.events, inventory=self.inventory, records=self.volume_records,
                         attribution=self.attribution, touch=self.monitor.touch, metrics=self.metrics)
         self.owner = new_owner_id()
         self.service = CommandService(topology=topology, link=self.link, journal=self.journal,
@@ -180,6 +184,7 @@ class Worker:
         if self.health is not None:
             self.health.stop()
         self.gateway.close()
+        self.volume_records.close()
         self.journal.close()
         log.info("worker stopped", extra={"requeued": requeued})
         self._stopped.set()

@@ -41,3 +41,7 @@ def forbidden(message: str) -> OperationError:
 
 def unsupported(message: str) -> OperationError:
     return OperationError(ErrorCode.unsupported, message)
+
+
+def in_use(message: str) -> OperationError:
+    return OperationError(ErrorCode.in_use, message)

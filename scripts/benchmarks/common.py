@@ -285,3 +285,30 @@ def histogram_buckets(text: str, name: str) -> dict[float, float]:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def timed(argv: list[str]) -> float:
+    began = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True)
+    return time.perf_counter() - began
+
+
+def call_timed(client: Requester, op: str, args: dict) -> float:
+    return client.serial([command(op, args)])[0]
+
+
+def settle() -> None:
+    """Start each timed transfer from the same state: dirty pages written, page cache dropped."""
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def best_of(rounds: int, worker_run, baseline_run) -> tuple[float, float]:
+    """Each side's best time over `rounds`, alternating which goes first (ABBA)."""
+    worker_times, baseline_times = [], []
+    for index in range(rounds):
+        order = [(worker_run, worker_times), (baseline_run, baseline_times)]
+        for run, times in (order if index % 2 == 0 else reversed(order)):
+            settle()
+            times.append(run())
+    return min(worker_times), min(baseline_times)

@@ -11,15 +11,13 @@ without the guest, which checks the successful path of a live detach.
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import libvirt
 import pytest
 
 from tests.conftest import LIBVIRT_URI
+from tests.integration.domains import domain_xml, guest_root  # noqa: F401 (a fixture)
 from tests.integration.conftest import error_of, ok
 from worker.handlers import disks
 from worker.virt import disk_xml
@@ -27,19 +25,7 @@ from worker.virt import disk_xml
 pytestmark = pytest.mark.integration
 
 MiB = 2**20
-IMAGES = Path("/var/lib/libvirt/images")
 INACTIVE = libvirt.VIR_DOMAIN_XML_INACTIVE
-
-
-@pytest.fixture
-def guest_root() -> Iterator[Path]:
-    """A directory qemu (user libvirt-qemu) can reach; removed afterwards."""
-    if not IMAGES.is_dir():
-        pytest.fail(f"{IMAGES} is missing: libvirt-daemon-system creates it (scripts/lib/bootstrap.sh)")
-    root = IMAGES / f"storage-worker-test-{uuid.uuid4().hex[:10]}"
-    root.mkdir(mode=0o755)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -53,23 +39,6 @@ def pool(harness, client, guest_root) -> str:
     ok(client.call("pool.define", {"name": name, "type": "dir", "target": {"path": str(guest_root / name)},
                                    "build": True, "start": True}))
     return name
-
-
-def domain_xml(name: str) -> str:
-    return f"""<domain type='qemu'>
-  <name>{name}</name>
-  <memory unit='MiB'>96</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <features><acpi/></features>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>destroy</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <serial type='pty'/>
-    <console type='pty'/>
-  </devices>
-</domain>"""
 
 
 @pytest.fixture

@@ -367,6 +367,32 @@ def test_journal_owned_long_job_is_resumed_by_the_restarted_worker(rig):
     assert len(result) == 1 and result[0]["status"] == "succeeded"
 
 
+def test_a_clone_killed_mid_copy_is_copied_again_by_the_restarted_worker(rig):
+    """The worker's own copy leaves a volume of the clone's name, size and format holding part of
+    the data when the worker is killed: the resumed command must copy again, not take it as done."""
+    worker = rig.worker().start()
+    worker.wait_online()
+    rig.allocated_volume("src.raw", 2048 * MiB)
+    source = rig.root / rig.pool / "src.raw"
+    with open(source, "r+b") as handle:
+        for offset in range(0, 2048 * MiB, 2 * MiB):
+            handle.seek(offset)
+            handle.write(random.randbytes(MiB))
+    clone = rig.workload.send("volume.clone", {"pool": rig.pool, "source": "src.raw", "name": "copy.raw",
+                                               "reflink": False})
+    target = rig.root / rig.pool / "copy.raw"
+    wait_for(lambda: target.exists() and target.stat().st_blocks * 512 > 64 * MiB, 60, "the copy to be under way")
+    worker.kill()
+    worker.start()
+    worker.wait_online()
+    rig.workload.wait_all(timeout=300)
+    result = rig.workload.tally.originals(clone)
+    assert len(result) == 1 and result[0]["status"] == "succeeded", result
+    assert result[0]["result"]["changed"] is True
+    assert subprocess.run(["cmp", str(source), str(target)], capture_output=True).returncode == 0
+    assert "removing a clone whose copy never finished" in worker.log_path.read_text()
+
+
 def test_memory_alarm_holds_results_until_it_clears(rig):
     worker = rig.worker().start()
     worker.wait_online()

@@ -48,6 +48,12 @@ def test_create_qcow2_with_metadata_preallocation_and_backing(client, pool):
     info = qemu_img_info(child["path"])
     assert f"backing file: {base['path']}" in info
     assert "backing file format: qcow2" in info
+    assert base["backing"] is None
+    named = {"pool": pool, "name": "base.qcow2", "path": base["path"], "format": "qcow2"}
+    assert child["backing"] == named
+    assert ok(client.call("volume.info", {"pool": pool, "name": "child.qcow2"}))["backing"] == named
+    listed = ok(client.call("volume.list", {"pool": pool}))["volumes"]
+    assert [v["backing"] for v in listed] == [None, named]
 
 
 def test_create_over_a_different_volume_is_a_conflict(client, pool):

@@ -18,6 +18,7 @@ from worker.transport.events import EventPublisher
 from worker.handlers import HANDLERS
 from worker.handlers.context import Context
 from worker.state.inventory import Inventory
+from worker.state.volume_records import VolumeRecords
 from worker.telemetry.metrics import Metrics
 from worker.execution.retry import RetryPolicy
 from worker.virt.gateway import LibvirtGateway
@@ -44,12 +45,14 @@ def error_result(command_id: str | None, op: str | None, host: str, status: Stat
 
 class Runner:
     def __init__(self, settings: Settings, gateway: LibvirtGateway, events: EventPublisher, *,
-                 inventory: Inventory | None = None, attribution: Attribution | None = None,
+                 inventory: Inventory | None = None, records: VolumeRecords | None = None,
+                 attribution: Attribution | None = None,
                  touch: Callable[[str], None] | None = None, metrics: Metrics | None = None):
         self._settings = settings
         self._gateway = gateway
         self._events = events
         self._inventory = inventory
+        self._records = records
         self._attribution = attribution
         self._touch = touch
         self._metrics = metrics
@@ -73,7 +76,7 @@ class Runner:
             cancel: threading.Event) -> Result:
         handler = HANDLERS[command.op]
         ctx = Context(command=command, gateway=self._gateway, settings=self._settings, events=self._events,
-                      cancel=cancel, inventory=self._inventory, touch=self._touch)
+                      cancel=cancel, inventory=self._inventory, records=self._records, touch=self._touch)
         operation = OPERATIONS[command.op]
         pool_name = operation.event_pool(command.args)  # the pool whose libvirt events it may cause
         if pool_name is not None and self._attribution is not None:

@@ -7,7 +7,7 @@ the whole handler is tried again (handlers converge, so a repeat is safe).
 
 from __future__ import annotations
 
-from worker.handlers import disks, host, pools, transfers, volumes  # noqa: F401 (each binds its handlers)
+from worker.handlers import clones, disks, downloads, host, pools, transfers, volumes  # noqa: F401 (each binds its handlers)
 from worker.handlers.registry import HANDLERS, handles
 
 __all__ = ["HANDLERS", "handles"]

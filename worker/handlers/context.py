@@ -20,8 +20,10 @@ from worker.config import Settings
 from worker.errors import not_found
 from worker.transport.events import EventPublisher
 from worker.state.inventory import Inventory
+from worker.state.volume_records import VolumeRecords
 from worker.handlers.progress import ProgressReporter
-from worker.virt import volume_xml
+from worker.virt.backing import BackingResolver
+from worker.virt.describe import described_volume
 from worker.virt.gateway import LibvirtGateway
 
 
@@ -35,6 +37,7 @@ class Context:
     changed: bool = False
     progress: ProgressReporter | None = None
     inventory: Inventory | None = None
+    records: VolumeRecords | None = None
     touch: Callable[[str], None] | None = None
     # Facts a handler must carry from one of its tries to the next (e.g. a volume's length before an
     # upload began, which a failed sparse upload may have cut).
@@ -84,21 +87,37 @@ class Context:
         return volume
 
     def describe_volume(self, pool_name: str, name: str) -> VolumeObject:
-        """The volume object: one round trip with a handle kept from an earlier command
+        """The volume object, with its backing chain: one round trip with a handle kept from an earlier command
         (worker.virt.handles), the look-up and the read otherwise. A kept handle whose volume or
         pool is gone takes the look-up path, which names what is missing."""
         kept = self.gateway.volumes.get(pool_name, name)
         if kept is not None:
             try:
-                return volume_xml.read(pool_name, kept.XMLDesc(0))
+                return described_volume(pool_name, kept.XMLDesc(0), BackingResolver(self.conn), chain=True)
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() not in (libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL):
                     raise
                 self.gateway.volumes.forget(pool_name, name)
         handle = self.volume(self.active_pool(pool_name), name)
-        described = volume_xml.read(pool_name, handle.XMLDesc(0))
+        described = described_volume(pool_name, handle.XMLDesc(0), BackingResolver(self.conn), chain=True)
         self.gateway.volumes.put(pool_name, name, handle)
         return described
+
+    def declared_format(self, volume: VolumeObject) -> str | None:
+        """The format the volume was declared with (worker/state/volume_records.py): the recorded
+        one, or, for a volume the worker never made, what libvirt says now — recorded from now on."""
+        held = self.records.declared(volume.key) if self.records is not None else None
+        if held is None and volume.format is not None:
+            self.declare(volume.key, volume.format)
+        return held or volume.format
+
+    def declare(self, key: str, fmt: str | None) -> None:
+        if self.records is not None and fmt is not None:
+            self.records.declare(key, fmt)
+
+    def forget_volume(self, key: str) -> None:
+        if self.records is not None:
+            self.records.forget(key)
 
     def volume_event(self, event: EventType, volume: VolumeObject, disk: DiskRef | None = None) -> None:
         """Publish a volume event this command caused (`disk` names the guest disk for attached/

@@ -1,5 +1,9 @@
 """volume.attach and volume.detach: a pool's volume as a guest disk, named by pool and volume.
 
+The disk's driver type is the volume's declared format (worker/state/volume_records.py), never
+what libvirt probed in its content: qemu then never probes either, and never follows a backing file
+named by data a guest or an upload put into the volume.
+
 Both act on two parts of a domain, each optional: the running domain (`live`, default: when it
 runs) and its persistent definition (`config`, default true). Each part is looked at in its own
 XML (the live XML for live, the inactive XML for config) and only the parts that differ are
@@ -75,7 +79,7 @@ def attach(ctx: Context, a: VolumeAttachArgs) -> DiskChange:
             flags |= part
     if flags:
         xml = disk_xml.build(pool=a.pool, volume=a.name, target=a.target, bus=bus,
-                             driver=disk_xml.driver_type(volume.format), readonly=a.readonly)
+                             driver=disk_xml.driver_type(ctx.declared_format(volume)), readonly=a.readonly)
         dom.attachDeviceFlags(xml, flags)
         ctx.changed = True
         ctx.volume_event(EventType.volume_attached, volume, DiskRef(domain=a.domain, target=a.target))

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from messages.events import EventType, JobProgressData
+from worker.virt.streams import TransferCancelled
 from worker.transport.events import EventPublisher
 
 log = logging.getLogger(__name__)
@@ -71,3 +72,14 @@ def watched(reporter: ProgressReporter, probe: Callable[[], tuple[int, int] | No
     finally:
         stop.set()
         thread.join()
+
+
+def ticker(cancel: threading.Event, progress: ProgressReporter, total: int) -> Callable[[int], None]:
+    """After every chunk: stop if job.cancel asked for it, and report progress (rate-limited)."""
+
+    def tick(position: int) -> None:
+        if cancel.is_set():
+            raise TransferCancelled()
+        progress.update(position, total)
+
+    return tick

@@ -1,9 +1,9 @@
-"""Volume operations: create, clone, resize, wipe, delete, info, list.
+"""Volume operations: create, resize, wipe, delete, info, list (volume.clone is in clones.py).
 
-create and clone converge: an existing volume with the same capacity, format (and backing) succeeds
-with changed=false; one that differs fails with conflict, naming each difference. resize converges
-on the asked-for capacity. Clone and wipe run inside one libvirt call that reports nothing, so
-their progress is sampled from the side while it runs.
+create converges: an existing volume with the same capacity, format (and backing) succeeds with
+changed=false; one that differs fails with conflict, naming each difference. resize converges on the
+asked-for capacity. A wipe runs inside one libvirt call that reports nothing, so its progress is
+sampled from the side while it runs.
 """
 
 from __future__ import annotations
@@ -12,18 +12,23 @@ import libvirt
 
 from messages.events import EventType
 from messages.objects import VolumeObject
-from messages.operations import (VOLUME_CLONE, VOLUME_CREATE, VOLUME_DELETE, VOLUME_INFO, VOLUME_LIST,
+from messages.operations import (VOLUME_CREATE, VOLUME_DELETE, VOLUME_INFO, VOLUME_LIST,
                                  VOLUME_RESIZE, VOLUME_WIPE)
-from messages.payloads import VolumeChange, VolumeDeleted, VolumeList
-from messages.volumes import (VolumeCloneArgs, VolumeCreateArgs, VolumeDeleteArgs, VolumeListArgs,
+from messages.payloads import VolumeChange, VolumeDeleted, VolumeList, VolumeResized
+from messages.volumes import (VolumeCreateArgs, VolumeDeleteArgs, VolumeListArgs,
                               VolumeNameArgs, VolumeResizeArgs, VolumeWipeArgs)
 from worker.errors import conflict, invalid
+from worker.handlers import in_use
+from worker.handlers.in_use import refuse_if_in_use
 from worker.handlers.procfs import write_positions
 from worker.handlers.progress import watched
+from worker.handlers.clones import FILE_POOLS
 from worker.handlers.context import Context
 from worker.handlers.registry import handles
 from worker.virt import volume_xml
+from worker.virt.backing import BackingResolver
 from worker.virt.describe import volume_object
+from worker.virt.usage import DomainScan
 
 _WIPE_ALGORITHMS = {name: getattr(libvirt, f"VIR_STORAGE_VOL_WIPE_ALG_{name.upper()}")
                     for name in ("zero", "nnsa", "dod", "bsi", "gutmann", "schneier", "pfitzner7",
@@ -33,15 +38,12 @@ _WIPE_PASSES = {"zero": 1, "nnsa": 4, "dod": 4, "bsi": 9, "gutmann": 35, "schnei
                 "pfitzner33": 33, "random": 1, "trim": 1}
 
 DEFAULT_FORMAT = "raw"
-# Pool types whose volumes are files with a format of their own; the others (logical, disk, iscsi...)
-# hold raw block devices and take no format.
-_FILE_POOLS = {"dir", "fs", "netfs", "gluster", "vstorage"}
 
 
 @handles(VOLUME_CREATE)
 def create(ctx: Context, a: VolumeCreateArgs) -> VolumeChange:
     pool = ctx.active_pool(a.pool)
-    file_pool = ctx.gateway.pool_type(pool) in _FILE_POOLS
+    file_pool = ctx.gateway.pool_type(pool) in FILE_POOLS
     fmt = (a.format or DEFAULT_FORMAT) if file_pool else a.format
     backing_path = backing_format = None
     if a.backing is not None:
@@ -60,9 +62,12 @@ def create(ctx: Context, a: VolumeCreateArgs) -> VolumeChange:
         if existing is None:
             raise
         _same_or_conflict(a, fmt, backing_path, existing)
-        return VolumeChange(**volume_object(a.pool, existing).model_dump(), changed=ctx.changed)
+        held = volume_object(a.pool, existing, chain=True)
+        ctx.declare(held.key, fmt or held.format)
+        return VolumeChange(**held.model_dump(), changed=ctx.changed)
     ctx.changed = True
-    made = volume_object(a.pool, volume)
+    made = volume_object(a.pool, volume, chain=True)
+    ctx.declare(made.key, fmt or made.format)
     ctx.volume_event(EventType.volume_created, made)
     return VolumeChange(**made.model_dump(), changed=True)
 
@@ -89,9 +94,11 @@ def delete(ctx: Context, a: VolumeDeleteArgs) -> VolumeDeleted:
     volume = ctx.find_volume(pool, a.name)
     if volume is not None:
         last = volume_object(a.pool, volume)
+        refuse_if_in_use(ctx, in_use.DELETE, a.pool, a.name, last.path, force=a.force)
         if a.wipe:
             volume.wipePattern(libvirt.VIR_STORAGE_VOL_WIPE_ALG_ZERO, 0)
         volume.delete(0)
+        ctx.forget_volume(last.key)
         ctx.changed = True
         ctx.volume_event(EventType.volume_deleted, last)
     return VolumeDeleted(pool=a.pool, name=a.name, changed=ctx.changed)
@@ -99,78 +106,80 @@ def delete(ctx: Context, a: VolumeDeleteArgs) -> VolumeDeleted:
 
 @handles(VOLUME_INFO)
 def info(ctx: Context, a: VolumeNameArgs) -> VolumeObject:
-    return ctx.describe_volume(a.pool, a.name)
+    described = ctx.describe_volume(a.pool, a.name)
+    return _with_users(described, DomainScan.read(ctx.conn))
 
 
 @handles(VOLUME_LIST)
 def list_(ctx: Context, a: VolumeListArgs) -> VolumeList:
+    """One scan of the domains answers for every volume of the listing (worker/virt/usage.py)."""
     pool = ctx.active_pool(a.pool)
     volumes = sorted(pool.listAllVolumes(0), key=lambda v: v.name())
-    return VolumeList(volumes=[volume_object(a.pool, v) for v in volumes])
+    resolver = BackingResolver(ctx.conn)
+    scan = DomainScan.read(ctx.conn)
+    return VolumeList(volumes=[volume_object(a.pool, v, resolver, chain=True, users=_users_in(scan))
+                               for v in volumes])
 
 
+def _users_in(scan: DomainScan):
+    """The domain names a scan finds using a volume (the volume object's `in_use_by`)."""
+    def users(volume: VolumeObject) -> list[str]:
+        return in_use.domain_names(scan.users(volume.pool, volume.name, volume.path))
 
-@handles(VOLUME_CLONE)
-def clone(ctx: Context, a: VolumeCloneArgs) -> VolumeChange:
-    pool = ctx.active_pool(a.pool)
-    source_pool_name = a.source_pool or a.pool
-    source = ctx.volume(ctx.active_pool(source_pool_name), a.source)
-    original = volume_object(source_pool_name, source)
-    capacity = a.capacity or original.capacity
-    if capacity < original.capacity:
-        raise invalid(f"capacity {capacity} is smaller than the capacity {original.capacity} of the source "
-                      f"{source_pool_name}/{a.source}; a clone cannot shrink it")
-    fmt = a.format or original.format
-    existing = ctx.find_volume(pool, a.name)
-    if existing is not None:
-        held = volume_object(a.pool, existing)
-        found = [f"{what} is {have!r} on the host, the command asks for {want!r}"
-                 for what, have, want in (("capacity", held.capacity, capacity), ("format", held.format, fmt))
-                 if have != want]
-        if found:
-            raise conflict(f"volume {a.name!r} already exists in pool {a.pool!r} and differs: {'; '.join(found)}")
-        return VolumeChange(**held.model_dump(), changed=ctx.changed)
-    xml = volume_xml.build(a.name, capacity, allocation=0, format=fmt)
-    total = original.allocation or original.capacity
+    return users
 
-    def copied() -> tuple[int, int] | None:
-        building = ctx.find_volume(pool, a.name)
-        return None if building is None else (min(building.info()[2], total), total)
 
-    with watched(ctx.progress, copied):
-        volume = pool.createXMLFrom(xml, source, 0)
-    ctx.changed = True
-    if volume.info()[1] < capacity:  # a format conversion (qemu-img convert) keeps the source's size
-        volume.resize(capacity, 0)
-    made = volume_object(a.pool, volume)
-    ctx.progress.update(total, total, final=True)
-    ctx.volume_event(EventType.volume_created, made)
-    return VolumeChange(**made.model_dump(), changed=True)
+def _with_users(volume: VolumeObject, scan: DomainScan) -> VolumeObject:
+    return volume.model_copy(update={"in_use_by": _users_in(scan)(volume)})
+
 
 
 @handles(VOLUME_RESIZE)
-def resize(ctx: Context, a: VolumeResizeArgs) -> VolumeChange:
+def resize(ctx: Context, a: VolumeResizeArgs) -> VolumeResized:
+    """A shrink is refused while the volume is in use (worker/handlers/in_use.py). A volume that
+    running domains have is grown through them (virDomainBlockResize): qemu grows the image and
+    tells the guest; grown behind qemu's back, the guest would never see the new size."""
     pool = ctx.active_pool(a.pool)
     volume = ctx.volume(pool, a.name)
     current = volume_object(a.pool, volume)
+    users = None
     if a.capacity != current.capacity:
         flags = libvirt.VIR_STORAGE_VOL_RESIZE_ALLOCATE if a.allocate else 0
         if a.capacity < current.capacity:
             if not a.shrink:
                 raise invalid(f"capacity {a.capacity} is below the current capacity {current.capacity} of volume "
                               f"{a.pool}/{a.name}; set shrink: true to shrink it")
-            flags |= libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK
-        volume.resize(a.capacity, flags)
+            users = refuse_if_in_use(ctx, in_use.SHRINK, a.pool, a.name, current.path, force=a.force)
+            volume.resize(a.capacity, flags | libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK)
+        else:
+            scan = DomainScan.read(ctx.conn)
+            users = in_use.domain_names(scan.users(a.pool, a.name, current.path))
+            running = scan.live_targets(a.pool, a.name, current.path)
+            if running:
+                _grow_online(ctx, a, running)
+            else:
+                volume.resize(a.capacity, flags)
         ctx.changed = True
-        current = volume_object(a.pool, volume)
+        current = volume_object(a.pool, volume).model_copy(update={"in_use_by": users})
         ctx.volume_event(EventType.volume_resized, current)
-    return VolumeChange(**current.model_dump(), changed=ctx.changed)
+    return VolumeResized(**current.model_dump(), changed=ctx.changed, online=ctx.memo.get("resize.online", False))
+
+
+def _grow_online(ctx: Context, a: VolumeResizeArgs, running: list[tuple[str, str]]) -> None:
+    if a.allocate:
+        names = ", ".join(sorted({f"{domain!r}" for domain, _ in running}))
+        raise invalid(f"volume {a.pool}/{a.name} is a disk of running domain {names}: it is grown through the "
+                      f"domain, which cannot allocate the new space up front; send allocate: false")
+    for domain, target in running:
+        ctx.conn.lookupByName(domain).blockResize(target, a.capacity, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+        ctx.memo["resize.online"] = True
 
 
 @handles(VOLUME_WIPE)
 def wipe(ctx: Context, a: VolumeWipeArgs) -> VolumeChange:
     pool = ctx.active_pool(a.pool)
     volume = ctx.volume(pool, a.name)
+    users = refuse_if_in_use(ctx, in_use.WIPE, a.pool, a.name, volume.path(), force=a.force)
     capacity = volume.info()[1]
     total = capacity * _WIPE_PASSES[a.algorithm]
     probe = _pass_counter(volume.path(), capacity, total) if ctx.libvirt_is_local else (lambda: None)
@@ -178,7 +187,7 @@ def wipe(ctx: Context, a: VolumeWipeArgs) -> VolumeChange:
         volume.wipePattern(_WIPE_ALGORITHMS[a.algorithm], 0)
     ctx.changed = True
     ctx.progress.update(total, total, final=True)
-    wiped = volume_object(a.pool, volume)
+    wiped = volume_object(a.pool, volume).model_copy(update={"in_use_by": users})
     ctx.volume_event(EventType.volume_wiped, wiped)
     return VolumeChange(**wiped.model_dump(), changed=True)
 

@@ -91,6 +91,12 @@ class Inventory:
         with self._lock:
             return sum(len(v) for v in self._volumes.values())
 
+    def volumes(self, pool: str) -> dict[str, VolumeObject] | None:
+        """The known volumes of a pool by name, None when the pool has not been listed."""
+        with self._lock:
+            known = self._volumes.get(pool)
+            return None if known is None else dict(known)
+
     def set_volumes(self, pool: str, volumes: Iterable[VolumeObject]) -> None:
         """A pool's complete listing, taken without comparing (first sight of the pool)."""
         with self._lock:

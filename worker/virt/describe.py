@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import libvirt
 
 from messages.objects import PoolObject, PoolState, VolumeObject
 from worker.virt import volume_xml
+from worker.virt.backing import BackingResolver
 from worker.virt.sizes import reported_size
 from worker.virt.xml import parse, text_of
 
@@ -43,8 +46,29 @@ def pool_object(pool: libvirt.virStoragePool, known: PoolObject | None = None) -
     )
 
 
-def volume_object(pool_name: str, volume: libvirt.virStorageVol) -> VolumeObject:
-    return volume_xml.read(pool_name, volume.XMLDesc(0))
+def volume_object(pool_name: str, volume: libvirt.virStorageVol, resolver: BackingResolver | None = None, *,
+                  chain: bool = False, users: Callable[[VolumeObject], list[str]] | None = None) -> VolumeObject:
+    """The volume as it is now; `resolver` names backing stores (one per command, shared by the
+    volumes it describes); `chain`: with its whole backing chain; `users`: with `in_use_by`."""
+    return described_volume(pool_name, volume.XMLDesc(0), resolver or BackingResolver(volume.connect()),
+                            chain=chain, users=users)
+
+
+def described_volume(pool_name: str, xml: str, resolver: BackingResolver, *, chain: bool = False,
+                     users: Callable[[VolumeObject], list[str]] | None = None) -> VolumeObject:
+    """The volume object of a volume's XML, its backing store named by pool and volume where it is
+    one (a round trip only for a volume that has a backing store); with `chain`, every link of its
+    backing chain too (`backing_chain`); with `users`, the domains that use it (`in_use_by`)."""
+    volume, path, fmt = volume_xml.read_backed(pool_name, xml)
+    update: dict = {}
+    if chain:
+        links = resolver.chain(path, fmt)
+        update.update(backing=links[0] if links else None, backing_chain=links)
+    elif path is not None:
+        update["backing"] = resolver.direct(path, fmt)
+    if users is not None:
+        update["in_use_by"] = users(volume)
+    return volume.model_copy(update=update) if update else volume
 
 
 def supported_pool_types(conn: libvirt.virConnect) -> list[str]:
@@ -58,3 +82,13 @@ def libvirt_version(number: int) -> str:
 
 def pool_type(pool: libvirt.virStoragePool) -> str:
     return parse(pool.XMLDesc(0)).get("type") or ""
+
+
+def physical_length(vol: libvirt.virStorageVol, fallback: int) -> int:
+    """The bytes a volume's storage holds (its file's length), which is what a stream moves."""
+    try:
+        return vol.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2]
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG):
+            return fallback
+        raise

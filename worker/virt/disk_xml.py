@@ -64,6 +64,9 @@ class Disk:
     readonly: bool
     alias: str | None  # only in a running domain's XML
     xml: str  # the <disk> element, to hand back to libvirt (detach)
+    # Paths of the links of the disk's backing chain, top first; libvirt lists them in a running
+    # domain's XML only.
+    backing: tuple[str, ...] = ()
 
     def holds(self, pool: str, volume: str, path: str | None) -> bool:
         """True when this disk's storage is that volume: by pool and volume name, or by its path
@@ -128,4 +131,18 @@ def _read(element: etree._Element) -> Disk:
         readonly=element.find("readonly") is not None,
         alias=alias.get("name") if alias is not None else None,
         xml=etree.tostring(element, encoding="unicode", with_tail=False),
+        backing=tuple(_chain(element)),
     )
+
+
+def _chain(element: etree._Element) -> list[str]:
+    """The file or device paths of the nested <backingStore> elements under a disk."""
+    paths = []
+    link = element.find("backingStore")
+    while link is not None:
+        source = link.find("source")
+        path = None if source is None else source.get("file") or source.get("dev")
+        if path:
+            paths.append(path)
+        link = link.find("backingStore")
+    return paths

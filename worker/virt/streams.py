@@ -233,22 +233,30 @@ class Sender:
             buf = buf[sent:]
 
 
+def received(stream: libvirt.virStream, *, sparse: bool) -> Iterator[Item]:
+    """A download stream's content as items, until it ends. Sparse: the stream's holes are holes."""
+    flags = libvirt.VIR_STREAM_RECV_STOP_AT_HOLE if sparse else 0
+    while True:
+        got = stream.recvFlags(CHUNK, flags)
+        if got == -3:
+            yield stream.recvHole(0)
+        elif isinstance(got, int):
+            raise libvirt.libvirtError(f"unexpected answer {got} from a blocking stream")
+        elif not got:
+            return
+        else:
+            yield got
+
+
 def receive(stream: libvirt.virStream, fd: int, *, sparse: bool, tick: Tick) -> tuple[int, int]:
     """Read a download stream into the file `fd` from its current position. Sparse: holes in the
     stream, and all-zero blocks of data, become seeks (the caller gives the file its final length).
     Returns (bytes of the stream, holes included; data bytes received)."""
     position = data_bytes = 0
-    flags = libvirt.VIR_STREAM_RECV_STOP_AT_HOLE if sparse else 0
-    while True:
-        got = stream.recvFlags(CHUNK, flags)
-        if got == -3:
-            hole = stream.recvHole(0)
-            os.lseek(fd, hole, os.SEEK_CUR)
-            position += hole
-        elif isinstance(got, int):
-            raise libvirt.libvirtError(f"unexpected answer {got} from a blocking stream")
-        elif not got:
-            break
+    for got in received(stream, sparse=sparse):
+        if isinstance(got, int):
+            os.lseek(fd, got, os.SEEK_CUR)
+            position += got
         else:
             data_bytes += len(got)
             for part in (zero_runs(got) if sparse else (got,)):

@@ -28,7 +28,19 @@ def build(name: str, capacity: int, *, allocation: int | None = None, format: st
 
 
 def read(pool: str, xml: str) -> VolumeObject:
+    return _volume(pool, parse(xml))
+
+
+def read_backed(pool: str, xml: str) -> tuple[VolumeObject, str | None, str | None]:
+    """The volume object and the (path, format) of its backing store, from one parse."""
     root = parse(xml)
+    backing = root.find("backingStore")
+    if backing is None:  # most volumes: one look instead of two
+        return _volume(pool, root), None, None
+    return _volume(pool, root), text_of(backing, "path"), attr_of(backing, "format", "type")
+
+
+def _volume(pool: str, root: etree._Element) -> VolumeObject:
     return VolumeObject(
         pool=pool,
         name=text_of(root, "name") or "",

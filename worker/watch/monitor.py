@@ -71,8 +71,10 @@ TOUCH_DELAY = 0.2
 
 class Monitor:
     def __init__(self, settings: Settings, gateway: LibvirtGateway, events: EventPublisher, inventory: Inventory,
-                 attribution: Attribution, busy_volumes: Callable[[str], set[str]], metrics: Metrics | None = None):
-        """`busy_volumes(pool)` names the volumes of a pool that running commands hold locked."""
+                 attribution: Attribution, busy_volumes: Callable[[str], set[str]], metrics: Metrics | None = None,
+                 forget_volume: Callable[[str], None] | None = None):
+        """`busy_volumes(pool)` names the volumes of a pool that running commands hold locked;
+        `forget_volume(key)` drops what the worker keeps about a volume deleted outside it."""
         self._settings = settings
         self._gateway = gateway
         self._events = events
@@ -80,6 +82,7 @@ class Monitor:
         self._attribution = attribution
         self._busy_volumes = busy_volumes
         self._metrics = metrics
+        self._forget_volume = forget_volume
         self._capacity = CapacityWatch(settings.capacity_low)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
@@ -300,6 +303,8 @@ class Monitor:
         created, deleted = self._inventory.compare(pool_name, names, listed_at, busy | self._busy_volumes(pool_name))
         for volume in deleted:
             self._volume_event(EventType.volume_deleted, volume)
+            if self._forget_volume is not None:
+                self._forget_volume(volume.key)
         for name in sorted(created):
             try:
                 volume = volume_object(pool_name, handle.storageVolLookupByName(name))
