@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Literal
+
+from pydantic import Field
 
 from messages.fields import Size, Strict
+
+# What a control plane can ask of a pool's volumes, by the name of the operation after `volume.`
+# (version 2: pool object `operations`, host.info `pool_capabilities`).
+VolumeOperation = Literal["create", "delete", "resize", "upload", "download", "wipe", "clone", "attach"]
+VOLUME_OPERATIONS: tuple[VolumeOperation, ...] = ("create", "delete", "resize", "upload", "download", "wipe",
+                                                  "clone", "attach")
 
 
 class PoolState(str, Enum):
@@ -26,6 +35,18 @@ class PoolObject(Strict):
     allocation: Size
     available: Size
     target_path: str | None
+    # version 2
+    operations: list[VolumeOperation] = Field(
+        default_factory=list, description="The volume operations this worker can run on a pool of this type")
+
+
+class VolumeBacking(Strict):
+    """A volume's backing store. `pool` and `name` are null when it is no pool's volume."""
+
+    pool: str | None
+    name: str | None
+    path: str
+    format: str | None
 
 
 class VolumeObject(Strict):
@@ -37,6 +58,10 @@ class VolumeObject(Strict):
     format: str | None
     capacity: Size
     allocation: Size
+    # version 2
+    physical: Size = Field(0, description="Bytes the volume's storage holds on disk (libvirt's physical size: "
+                                          "a file's length, a device's size)")
+    backing: VolumeBacking | None = Field(None, description="The backing store, or null")
 
 
 class DiskObject(Strict):

@@ -19,6 +19,9 @@ class Status(str, Enum):
 
 
 class ErrorCode(str, Enum):
+    """What went wrong (docs/contract.md "Results"). Version 2 adds `no_space`: the volume does not fit
+    in its pool (the message gives the bytes requested and the bytes available; not retryable)."""
+
     invalid = "invalid"
     forbidden = "forbidden"
     not_found = "not_found"
@@ -30,6 +33,7 @@ class ErrorCode(str, Enum):
     timeout = "timeout"
     cancelled = "cancelled"
     internal = "internal"
+    no_space = "no_space"
 
 
 class LibvirtError(Strict):

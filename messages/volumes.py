@@ -8,10 +8,13 @@ from pydantic import Field, StrictBool, StringConstraints, model_validator
 
 from messages.fields import AbsolutePath, CommandId, PositiveSize, ResourceName, Size, Strict
 
-# libvirt's volume formats (storagecommon.rng, virStorageFileFormat); it has no "vhdx".
+# libvirt's volume formats (storagecommon.rng, virStorageFileFormat); it has no "vhdx". Then, since
+# version 2, the rest of what its pool capabilities list: "none" and "vhd" (file pools) and the
+# partition types of disk pools ("none" is a plain partition there).
 VolumeFormat = Literal[
     "raw", "qcow2", "qcow", "qed", "vmdk", "vpc", "vdi", "bochs", "cloop", "dmg", "iso",
     "cow", "fat", "dir", "ploop",
+    "none", "vhd", "linux", "fat16", "fat32", "linux-swap", "linux-lvm", "linux-raid", "extended",
 ]
 # Formats that can point at a backing volume.
 BACKING_FORMATS = frozenset({"qcow2", "qcow", "qed", "vmdk"})

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from messages.objects import VolumeObject
+from messages.objects import VolumeBacking, VolumeObject
 from tests.conftest import require
 from worker.virt import volume_xml
 
@@ -121,10 +121,44 @@ def test_build_largest_size():
 
 
 def test_read_overlay():
-    volume = volume_xml.read("images", OVERLAY)
+    located = []
+
+    def locate(path):
+        located.append(path)
+        return ("images", "base.qcow2")
+
+    volume = volume_xml.read("images", OVERLAY, locate)
     assert volume == VolumeObject(pool="images", name="child.qcow2", key="/var/lib/libvirt/images/child.qcow2",
                                   path="/var/lib/libvirt/images/child.qcow2", type="file", format="qcow2",
-                                  capacity=2147483648, allocation=200704)
+                                  capacity=2147483648, allocation=200704, physical=196640,
+                                  backing=VolumeBacking(pool="images", name="base.qcow2",
+                                                        path="/var/lib/libvirt/images/base.qcow2", format="qcow2"))
+    assert located == ["/var/lib/libvirt/images/base.qcow2"]
+
+
+def test_backing_that_is_no_pools_volume_has_no_pool_or_name():
+    volume = volume_xml.read("images", OVERLAY, lambda path: None)
+    assert volume.backing == VolumeBacking(pool=None, name=None, path="/var/lib/libvirt/images/base.qcow2",
+                                           format="qcow2")
+    assert volume_xml.read("images", OVERLAY).backing.pool is None, "without a locator nothing is looked up"
+
+
+# A LUN of an iscsi-direct pool (libvirt 9.0): no <physical>, no format.
+LUN = """<volume type='network'>
+  <name>unit:0:0:1</name>
+  <key>ip-127.0.0.1:3260-iscsi-iqn.2024-01.test:t1-lun-1</key>
+  <capacity unit='bytes'>67108352</capacity>
+  <allocation unit='bytes'>67108352</allocation>
+  <target>
+    <path>ip-127.0.0.1:3260-iscsi-iqn.2024-01.test:t1-lun-1</path>
+  </target>
+</volume>"""
+
+
+def test_physical_is_libvirts_physical_element():
+    assert volume_xml.read("vg0", LOGICAL).physical == 1073741824
+    lun = volume_xml.read("iscsi", LUN, lambda path: pytest.fail("nothing to look up"))
+    assert (lun.type, lun.physical, lun.backing, lun.format, lun.capacity) == ("network", 0, None, None, 67108352)
 
 
 def test_read_logical_volume():
