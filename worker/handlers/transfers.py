@@ -30,6 +30,7 @@ from messages.payloads import VolumeDownloaded, VolumeUploaded
 from messages.results import ErrorCode
 from messages.volumes import VolumeDownloadArgs, VolumeUploadArgs
 from worker.errors import OperationError, forbidden, invalid
+from worker.handlers import space
 from worker.handlers.context import Context
 from worker.handlers.paths import check_local_file
 from worker.handlers.procfs import fd_path, umask
@@ -64,6 +65,7 @@ def upload(ctx: Context, a: VolumeUploadArgs) -> VolumeUploaded:
 
 def _upload(ctx: Context, a: VolumeUploadArgs, source: FileSource | UrlSource) -> VolumeUploaded:
     pool = ctx.active_pool(a.pool)
+    ctx.require(pool, "upload", a.pool)
     vol = ctx.volume(pool, a.name)
     vol_type, capacity, allocation = vol.info()
     # A failed sparse try may have cut the volume file: every try aims at the length of the first.
@@ -101,9 +103,11 @@ def _upload(ctx: Context, a: VolumeUploadArgs, source: FileSource | UrlSource) -
         vol.upload(stream, a.offset, length if length is not None else capacity - a.offset, flags)
         ctx.changed = True
         ctx.progress.update(0, total)
-        sender.put_all(items)
-        sender.flush()
-        stream.finish()
+        needs = f"the upload into {where} needs {length if length is not None else 'an unknown number of'} bytes"
+        with space.reported(pool, a.pool, needs):
+            sender.put_all(items)
+            sender.flush()
+            stream.finish()
         stream = None
     except TransferCancelled:
         raise OperationError(ErrorCode.cancelled,
@@ -210,6 +214,7 @@ def download(ctx: Context, a: VolumeDownloadArgs) -> VolumeDownloaded:
         _not_a_volume(ctx, dest, shown)
 
     pool = ctx.active_pool(a.pool)
+    ctx.require(pool, "download", a.pool)  # before anything is written: a LUN of iscsi-direct cannot be read
     vol = ctx.volume(pool, a.name)
     where = f"volume {a.name!r} in pool {a.pool!r}"
     size = _physical(vol, vol.info()[1])

@@ -1,11 +1,13 @@
-"""The contract's pool and volume objects, read from libvirt handles."""
+"""The contract's pool and volume objects, read from libvirt handles, and the pool capabilities of
+host.info."""
 
 from __future__ import annotations
 
 import libvirt
 
 from messages.objects import PoolObject, PoolState, VolumeObject
-from worker.virt import volume_xml
+from messages.payloads import PoolCapability
+from worker.virt import pool_types, volume_xml
 from worker.virt.xml import parse, text_of
 
 _STATES = {
@@ -27,10 +29,11 @@ def pool_object(pool: libvirt.virStoragePool, known: PoolObject | None = None) -
         return known.model_copy(update={"state": _STATES.get(state, PoolState.inaccessible), "capacity": capacity,
                                         "allocation": allocation, "available": available})
     root = parse(pool.XMLDesc(0))
+    kind = root.get("type") or ""
     return PoolObject(
         name=pool.name(),
         uuid=uuid,
-        type=root.get("type") or "",
+        type=kind,
         state=_STATES.get(state, PoolState.inaccessible),
         persistent=bool(pool.isPersistent()),
         autostart=bool(pool.autostart()),
@@ -38,16 +41,47 @@ def pool_object(pool: libvirt.virStoragePool, known: PoolObject | None = None) -
         allocation=allocation,
         available=available,
         target_path=text_of(root, "target/path"),
+        operations=pool_types.operations(kind),
     )
 
 
 def volume_object(pool_name: str, volume: libvirt.virStorageVol) -> VolumeObject:
-    return volume_xml.read(pool_name, volume.XMLDesc(0))
+    return volume_xml.read(pool_name, volume.XMLDesc(0), locator(volume.connect()))
+
+
+def locator(conn: libvirt.virConnect) -> volume_xml.Locate:
+    """Finds (pool, name) of the volume at a path among the connection's pools: a backing store.
+    One round trip, made only for volumes that have one."""
+
+    def locate(path: str) -> tuple[str, str] | None:
+        try:
+            found = conn.storageVolLookupByPath(path)
+            return found.storagePoolLookupByVolume().name(), found.name()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in (libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL):
+                return None
+            raise
+
+    return locate
 
 
 def supported_pool_types(conn: libvirt.virConnect) -> list[str]:
-    root = parse(conn.getStoragePoolCapabilities(0))
-    return sorted(p.get("type") for p in root.findall("pool") if p.get("supported") == "yes")
+    return [capability.type for capability in pool_capabilities(conn.getStoragePoolCapabilities(0))]
+
+
+def pool_capabilities(xml: str) -> list[PoolCapability]:
+    """Each pool type libvirt supports (sorted by name), from virConnectGetStoragePoolCapabilities'
+    XML: the volume formats it lists for the type (none for types whose volumes take no format)
+    and the volume operations this worker can run there (worker/virt/pool_types.py)."""
+    found = []
+    for pool in parse(xml).findall("pool"):
+        if pool.get("supported") != "yes":
+            continue
+        kind = pool.get("type") or ""
+        formats = [value.text for value in pool.findall("volOptions/enum[@name='targetFormatType']/value")
+                   if value.text]
+        found.append(PoolCapability(type=kind, volume_formats=formats, operations=pool_types.operations(kind)))
+    return sorted(found, key=lambda capability: capability.type)
 
 
 def libvirt_version(number: int) -> str:

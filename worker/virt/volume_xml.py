@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from lxml import etree
 
-from messages.objects import VolumeObject
+from messages.objects import VolumeBacking, VolumeObject
 from worker.virt.xml import attr_of, child, int_of, parse, text_of, to_string
+
+# Finds the pool and the name of the volume at a path; None when it is no pool's volume.
+Locate = Callable[[str], "tuple[str, str] | None"]
 
 
 def build(name: str, capacity: int, *, allocation: int | None = None, format: str | None = None,
@@ -26,8 +31,17 @@ def build(name: str, capacity: int, *, allocation: int | None = None, format: st
     return to_string(root)
 
 
-def read(pool: str, xml: str) -> VolumeObject:
+def read(pool: str, xml: str, locate: Locate | None = None) -> VolumeObject:
+    """The volume object. `physical` is libvirt's <physical> (what VIR_STORAGE_VOL_GET_PHYSICAL
+    reports: a file's length, a partition's size; 0 where libvirt has none, as for network volumes).
+    The backing store's pool and name come from `locate`; without it they are null."""
     root = parse(xml)
+    backing = None
+    backing_path = text_of(root, "backingStore/path")
+    if backing_path is not None:
+        found = locate(backing_path) if locate is not None else None
+        backing = VolumeBacking(pool=found[0] if found else None, name=found[1] if found else None,
+                                path=backing_path, format=attr_of(root, "backingStore/format", "type"))
     return VolumeObject(
         pool=pool,
         name=text_of(root, "name") or "",
@@ -37,6 +51,8 @@ def read(pool: str, xml: str) -> VolumeObject:
         format=attr_of(root, "target/format", "type"),
         capacity=int_of(root, "capacity"),
         allocation=int_of(root, "allocation"),
+        physical=int_of(root, "physical"),
+        backing=backing,
     )
 
 
