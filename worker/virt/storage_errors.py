@@ -1,5 +1,6 @@
-"""What the failures of the programs libvirt's storage backends run (mount, umount, mkfs) and of
-their build step mean, in the contract's codes, with a message that says what to do.
+"""What the failures of the programs libvirt's storage backends run (mount, umount, mkfs), of their
+build step and of an iscsi-direct login mean, in the contract's codes, with a message that says what
+to do.
 
 libvirt reports a failed child process as INTERNAL_ERROR from VIR_FROM_NONE with the program's own
 words: "Child process (/bin/mount -o nodev,nosuid,noexec -t ext4 /dev/loop3 /p) unexpected exit
@@ -24,6 +25,7 @@ E = ErrorCode
 _CHILD = re.compile(r"Child process \((?P<command>[^)]*)\) unexpected exit status \d+: (?P<output>.*)", re.DOTALL)
 _UNKNOWN_FS = re.compile(r"unknown filesystem type '([^']+)'")
 _NO_MKFS = re.compile(r"failed to execute (mkfs\.[A-Za-z0-9+_-]+)")
+_NO_DEVICE = re.compile(r"Source device does not exist when formatting pool '([^']+)'")
 _MISMATCH = re.compile(r"Format of device '([^']+)' does not match the expected format '([^']+)'")
 
 
@@ -56,8 +58,14 @@ def explain(info: LibvirtError) -> tuple[ErrorCode, str] | None:
     """(code, message) for a failure of a storage backend's helper program or build, or None."""
     if info.code == libvirt.VIR_ERR_STORAGE_POOL_BUILT:
         return _already_built(info.message)
+    missing = _NO_DEVICE.search(info.message) if info.code == libvirt.VIR_ERR_OPERATION_INVALID else None
+    if missing:
+        return E.not_found, (f"building pool {missing.group(1)!r} failed: its source device does not exist on "
+                             f"this host")
     if info.code != libvirt.VIR_ERR_INTERNAL_ERROR:
         return None
+    if info.domain == libvirt.VIR_FROM_STORAGE:
+        return _iscsi(info.message)
     child = _CHILD.search(info.message)
     if child is None:
         return None
@@ -119,6 +127,17 @@ def _mkfs(device: str, output: str) -> tuple[ErrorCode, str] | None:
         return E.unsupported, f"{failed}: this host has no {missing.group(1)}"
     if "must be larger than" in output:
         return E.invalid, f"{failed}: the device is too small for this filesystem ({output.splitlines()[0]})"
+    return None
+
+
+def _iscsi(message: str) -> tuple[ErrorCode, str] | None:
+    """libiscsi's login failures (iscsi-direct pools)."""
+    if "Failed to login" in message and "Target not found" in message:
+        return E.not_found, (f"the iSCSI login failed: the portal has no target with the pool's IQN, or the target "
+                             f"does not admit the pool's initiator IQN ({message.split(': ', 1)[-1]})")
+    if "Failed to connect" in message:
+        return E.unavailable, (f"the iSCSI portal of the pool did not answer: nothing listens at its host and port, "
+                               f"or the network is in the way ({message.split(': ', 1)[-1]})")
     return None
 
 
