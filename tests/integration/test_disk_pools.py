@@ -52,6 +52,13 @@ def test_build_labels_a_blank_device_and_spares_a_labeled_one(harness, client, l
     assert dos.probe("PTTYPE") == "gpt"
     assert call(client, "pool.build", name=other)["changed"] is False, "already formatted using 'gpt'"
 
+    later = loop_device(32 * MiB)
+    third = harness.name("disk")
+    call(client, "pool.define", **disk_pool(third, later.path))
+    message = fails(client, "pool.start", "invalid", name=third)
+    assert "is unrecognized, requires build" in message
+    assert call(client, "pool.start", name=third, build=True)["state"] == "running" and later.probe("PTTYPE") == "gpt"
+
 
 def test_partitions_as_volumes(harness, client, loop_device):
     device = loop_device(64 * MiB)
