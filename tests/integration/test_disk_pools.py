@@ -11,7 +11,7 @@ import libvirt
 import pytest
 
 from tests.integration.block_helpers import MiB, call, fails, names, sha256, write_file
-from tests.integration.storage_devices import disk_pool_xml, loop_device, volume_xml  # noqa: F401
+from tests.integration.storage_devices import loop_device, volume_xml  # noqa: F401
 from worker.virt import partitions
 
 pytestmark = pytest.mark.integration

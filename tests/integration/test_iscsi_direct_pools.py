@@ -61,7 +61,8 @@ def test_luns_are_volumes_and_what_the_backend_lacks_is_refused_first(harness, c
     name = harness.name("iscsi")
     made = call(client, "pool.define", **iscsi_pool(name, target, start=True))
     assert made["state"] == "running" and made["type"] == "iscsi-direct" and made["operations"] == ["wipe", "attach"]
-    source = etree.fromstring(libvirt_conn.storagePoolLookupByName(name).XMLDesc(libvirt.VIR_STORAGE_XML_INACTIVE)).find("source")
+    defined = libvirt_conn.storagePoolLookupByName(name).XMLDesc(libvirt.VIR_STORAGE_XML_INACTIVE)
+    source = etree.fromstring(defined).find("source")
     assert source.find("device").get("path") == target.iqn
     assert source.find("initiator/iqn").get("name") == target.initiator_iqn
 

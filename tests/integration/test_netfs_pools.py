@@ -56,7 +56,8 @@ def test_bad_options_are_rejected_naming_them(harness, client):
     name = harness.name("nfs")
     for options, said in ((["exec"], "would undo libvirt's nodev,nosuid,noexec"), (["a,b"], "mount_options[0]"),
                           (["nfsvers=3"], "source.protocol_version")):
-        message = fails(client, "pool.define", "invalid", "rejected", **netfs_pool(harness, name, mount_options=options))
+        document = netfs_pool(harness, name, mount_options=options)
+        message = fails(client, "pool.define", "invalid", "rejected", **document)
         assert said in message
     fs = {"name": name, "type": "fs", "target": {"path": str(harness.root / name)},
           "source": {"device": [{"path": "/dev/loop0"}]}, "mount_options": ["sync"]}

@@ -24,7 +24,8 @@ def error(code: int, domain: int, message: str) -> libvirt.libvirtError:
 
 
 def child(command: str, output: str, status: int = 32) -> libvirt.libvirtError:
-    return error(INTERNAL, NONE, f"internal error: Child process ({command}) unexpected exit status {status}: {output}\n")
+    return error(INTERNAL, NONE,
+                 f"internal error: Child process ({command}) unexpected exit status {status}: {output}\n")
 
 
 MOUNT = f"/bin/mount -o nodev,nosuid,noexec -t ext4 {D} {T}"
@@ -78,8 +79,9 @@ def test_other_system_errors_are_not_no_space():
      E.unsupported, "this host has no mkfs.gfs2"),
     (child(f"/sbin/mkfs -t xfs -f {D}", "Filesystem must be larger than 300MB.\nUsage: mkfs.xfs", 1), E.invalid,
      "the device is too small for this filesystem (Filesystem must be larger than 300MB.)"),
-    (error(libvirt.VIR_ERR_STORAGE_POOL_BUILT, STORAGE, f"Storage pool already built: Format of device '{D}' does not "
-                                                        f"match the expected format 'xfs', forced overwrite is necessary"),
+    (error(libvirt.VIR_ERR_STORAGE_POOL_BUILT, STORAGE,
+           f"Storage pool already built: Format of device '{D}' does not match the expected format 'xfs', "
+           f"forced overwrite is necessary"),
      E.conflict, f"{D} holds something other than the pool's 'xfs' format: building without overwrite spares it"),
     (error(libvirt.VIR_ERR_OPERATION_INVALID, STORAGE, "Requested operation is not valid: Source device does not "
                                                        "exist when formatting pool 'p1'"),
