@@ -92,7 +92,7 @@ def test_luns_are_volumes_and_what_the_backend_lacks_is_refused_first(harness, c
         message = fails(client, op, "unsupported", pool=name, **args)
         assert message.startswith(f"volume.{operation} is not supported on iscsi-direct pools (pool {name!r}): "), \
             message
-        assert message.endswith("Volume operations this worker can run on a iscsi-direct pool: wipe, attach")
+        assert message.endswith("Volume operations this worker can run on iscsi-direct pools: wipe, attach")
     message = fails(client, "volume.wipe", "unsupported", pool=name, name=target.volume_name(1), algorithm="random")
     assert "algorithm 'random'" in message and "'zero' only" in message
 

@@ -94,7 +94,7 @@ def test_refusal_names_the_type_the_operation_and_what_can_be_done():
     error = caught.value
     assert error.code is ErrorCode.unsupported and error.retryable is False
     assert error.message.startswith("volume.download is not supported on iscsi-direct pools (pool 'luns'): ")
-    assert error.message.endswith("Volume operations this worker can run on a iscsi-direct pool: wipe, attach")
+    assert error.message.endswith("Volume operations this worker can run on iscsi-direct pools: wipe, attach")
     with pytest.raises(OperationError) as caught:
         pool_types.require("disk", "resize", "parts")
     assert "a partition's size is fixed in the partition table" in caught.value.message

@@ -96,7 +96,7 @@ def require(pool_type: str, operation: VolumeOperation, pool: str) -> None:
     why = kind.lacking or f"libvirt's {pool_type} backend has no volume {operation}"
     can = ", ".join(operations(pool_type)) or "none"
     raise unsupported(f"volume.{operation} is not supported on {pool_type} pools (pool {pool!r}): {why}. "
-                      f"Volume operations this worker can run on a {pool_type} pool: {can}")
+                      f"Volume operations this worker can run on {pool_type} pools: {can}")
 
 
 def require_clone_source(pool_type: str, pool: str) -> None:

@@ -100,9 +100,10 @@ def _mount(m: _Mount, output: str) -> tuple[ErrorCode, str] | None:
         return E.not_found, f"{failed}: the source device {m.source} does not exist on this host"
     unknown = _UNKNOWN_FS.search(output)
     if unknown:
-        return E.unsupported, (f"{failed}: this host's kernel cannot mount {unknown.group(1)} filesystems "
-                               f"(mount: unknown filesystem type {unknown.group(1)!r}); the pool can only start on "
-                               f"a host with {unknown.group(1)} support (for nfs: an NFS client)")
+        fstype = unknown.group(1)
+        return E.unsupported, (f"{failed}: this host's kernel cannot mount {fstype} filesystems (mount: unknown "
+                               f"filesystem type {fstype!r}); the pool can start only on a host that can "
+                               f"(for nfs: one with an NFS client)")
     return None
 
 
