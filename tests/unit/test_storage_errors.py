@@ -91,9 +91,11 @@ def test_other_system_errors_are_not_no_space():
     (error(INTERNAL, STORAGE, "internal error: Failed to connect: iscsi_service failed with : "
                               "iscsi_service_reconnect_if_loggedin. Can not reconnect right now."),
      E.unavailable, "the iSCSI portal of the pool did not answer"),
+    (child("/usr/bin/qemu-img create -f vhd /srv/p/v 1024K", "qemu-img: /srv/p/v: Unknown file format 'vhd'", 1),
+     E.unsupported, "qemu-img on this host cannot make 'vhd' images"),
 ], ids=["no-mount-point", "wrong-fs", "device-busy", "no-device", "no-nfs", "umount-busy", "mkfs-mounted",
         "mkfs-in-use", "mkfs-auto", "no-mkfs", "too-small", "other-format", "build-no-device", "iscsi-login",
-        "iscsi-connect"])
+        "iscsi-connect", "qemu-img-format"])
 def test_storage_failures_get_codes_and_advice(raised, code, says):
     classified = classify(raised)
     assert classified.code is code and classified.retryable is False

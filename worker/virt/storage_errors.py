@@ -1,6 +1,6 @@
-"""What the failures of the programs libvirt's storage backends run (mount, umount, mkfs), of their
-build step and of an iscsi-direct login mean, in the contract's codes, with a message that says what
-to do.
+"""What the failures of the programs libvirt's storage backends run (mount, umount, mkfs, qemu-img),
+of their build step and of an iscsi-direct login mean, in the contract's codes, with a message that
+says what to do.
 
 libvirt reports a failed child process as INTERNAL_ERROR from VIR_FROM_NONE with the program's own
 words: "Child process (/bin/mount -o nodev,nosuid,noexec -t ext4 /dev/loop3 /p) unexpected exit
@@ -25,6 +25,7 @@ E = ErrorCode
 _CHILD = re.compile(r"Child process \((?P<command>[^)]*)\) unexpected exit status \d+: (?P<output>.*)", re.DOTALL)
 _UNKNOWN_FS = re.compile(r"unknown filesystem type '([^']+)'")
 _NO_MKFS = re.compile(r"failed to execute (mkfs\.[A-Za-z0-9+_-]+)")
+_UNKNOWN_IMAGE = re.compile(r"Unknown file format '([^']+)'")
 _NO_DEVICE = re.compile(r"Source device does not exist when formatting pool '([^']+)'")
 _MISMATCH = re.compile(r"Format of device '([^']+)' does not match the expected format '([^']+)'")
 
@@ -81,6 +82,11 @@ def explain(info: LibvirtError) -> tuple[ErrorCode, str] | None:
         return _umount(words[-1] if len(words) > 1 else "?", output)
     if program.startswith("mkfs"):
         return _mkfs(words[-1] if len(words) > 1 else "?", output)
+    unknown = _UNKNOWN_IMAGE.search(output) if program == "qemu-img" else None
+    if unknown:
+        # libvirt 9.0 lists 'vhd' among the formats of file pools; qemu-img calls that format 'vpc'.
+        return E.unsupported, (f"qemu-img on this host cannot make {unknown.group(1)!r} images "
+                               f"(qemu-img: Unknown file format {unknown.group(1)!r})")
     return None
 
 
