@@ -73,7 +73,7 @@ class Context:
     def find_volume(self, pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol | None:
         """The volume, or None; lost+found of a mounted pool is the filesystem's, never a volume
         (worker.virt.pool_types.hidden)."""
-        if name == pool_types.FILESYSTEM_OWN and pool_types.hidden(self.gateway.pool_type(pool), name):
+        if pool_types.hidden(name, lambda: self.gateway.pool_type(pool)):
             return None
         try:
             return pool.storageVolLookupByName(name)

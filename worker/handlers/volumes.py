@@ -14,6 +14,8 @@ pools are named, made and removed through worker/handlers/partitions.py.
 
 from __future__ import annotations
 
+from functools import partial
+
 import libvirt
 
 from messages.events import EventType
@@ -145,9 +147,8 @@ def info(ctx: Context, a: VolumeNameArgs) -> VolumeObject:
 @handles(VOLUME_LIST)
 def list_(ctx: Context, a: VolumeListArgs) -> VolumeList:
     pool = ctx.active_pool(a.pool)
-    kind = ctx.pool_type(pool)
-    volumes = sorted((v for v in pool.listAllVolumes(0) if not pool_types.hidden(kind, v.name())),
-                     key=lambda v: v.name())
+    kind = partial(ctx.pool_type, pool)  # asked only for lost+found
+    volumes = sorted((v for v in pool.listAllVolumes(0) if not pool_types.hidden(v.name(), kind)), key=lambda v: v.name())
     return VolumeList(volumes=[volume_object(a.pool, v) for v in volumes])
 
 

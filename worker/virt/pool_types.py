@@ -17,6 +17,7 @@ host, i.e. its pool must allow `download`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from messages.objects import VOLUME_OPERATIONS, VolumeOperation
@@ -119,8 +120,9 @@ def require_wipe_algorithm(pool_type: str, algorithm: str, pool: str) -> None:
 FILESYSTEM_OWN = "lost+found"
 
 
-def hidden(pool_type: str, volume_name: str) -> bool:
+def hidden(volume_name: str, pool_type: Callable[[], str]) -> bool:
     """True for an entry libvirt lists as a volume that is the filesystem's own, not a volume:
     lost+found at the root of a filesystem libvirt mounted (ext2/3/4 make it; fsck uses it). fs and
-    netfs pools do not report it, in listings, look-ups and re-listings alike."""
-    return volume_name == FILESYSTEM_OWN and kind_of(pool_type).mounts
+    netfs pools do not report it, in listings, look-ups and re-listings alike. `pool_type` is asked
+    only for that name (it may cost a round trip)."""
+    return volume_name == FILESYSTEM_OWN and kind_of(pool_type()).mounts

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import libvirt
 
@@ -296,8 +297,8 @@ class Monitor:
             return
         busy = self._busy_volumes(pool_name)
         listed_at = self._inventory.now()
-        kind = self._gateway.pool_type(handle)
-        names = {name for name in handle.listVolumes() if not pool_types.hidden(kind, name)}
+        kind = partial(self._gateway.pool_type, handle)  # asked only for lost+found
+        names = {name for name in handle.listVolumes() if not pool_types.hidden(name, kind)}
         created, deleted = self._inventory.compare(pool_name, names, listed_at, busy | self._busy_volumes(pool_name))
         for volume in deleted:
             self._volume_event(EventType.volume_deleted, volume)
@@ -311,8 +312,8 @@ class Monitor:
 
     def _volume_objects(self, pool_name: str, handle: libvirt.virStoragePool) -> list:
         """The pool's volumes, without what is the filesystem's own (lost+found of a mounted pool)."""
-        kind = self._gateway.pool_type(handle)
-        return [volume_object(pool_name, v) for v in handle.listAllVolumes(0) if not pool_types.hidden(kind, v.name())]
+        kind = partial(self._gateway.pool_type, handle)
+        return [volume_object(pool_name, v) for v in handle.listAllVolumes(0) if not pool_types.hidden(v.name(), kind)]
 
     def _volume_event(self, kind: EventType, volume) -> None:
         self._events.emit(kind, VolumeEventData(pool=volume.pool, volume=volume, origin="external"),
