@@ -30,6 +30,15 @@ ResourceName = Annotated[
                       "starting with a letter or digit"),
 ]
 
+# Volume names may hold ':' as well (version 2): libvirt names the LUNs of iscsi, iscsi-direct and scsi
+# pools unit:0:0:1.
+VOLUME_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+:-]*$"
+VolumeName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=255, pattern=VOLUME_NAME_PATTERN),
+    Field(description="Volume name: 1-255 chars of [A-Za-z0-9._+:-], starting with a letter or digit"),
+]
+
 CommandId = Annotated[
     str,
     StringConstraints(min_length=1, max_length=128, pattern=COMMAND_ID_PATTERN),

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Literal
 
 from pydantic import Field
 
+
 from messages.fields import Size, Strict
+
+# What a control plane can ask of a pool's volumes, by the name of the operation after `volume.`
+# (version 2: pool object `operations`, host.info `pool_capabilities`).
+VolumeOperation = Literal["create", "delete", "resize", "upload", "download", "wipe", "clone", "attach"]
+VOLUME_OPERATIONS: tuple[VolumeOperation, ...] = ("create", "delete", "resize", "upload", "download", "wipe",
+                                                  "clone", "attach")
 
 
 class PoolState(str, Enum):
@@ -28,6 +36,9 @@ class PoolObject(Strict):
     allocation: Size
     available: Size
     target_path: str | None
+    # version 2
+    operations: list[VolumeOperation] = Field(
+        default_factory=list, description="The volume operations this worker can run on a pool of this type")
 
 
 class BackingStore(Strict):
@@ -49,6 +60,9 @@ class VolumeObject(Strict):
     format: str | None
     capacity: Size
     allocation: Size
+    # version 2
+    physical: Size = Field(0, description="Bytes the volume's storage holds on disk (libvirt's physical size: "
+                                          "a file's length, a device's size)")
     backing: BackingStore | None = Field(None, description="The volume's direct backing store; null when it has none")
     backing_chain: list[BackingStore] | None = Field(
         None, description="Every link of the backing chain, from the direct backing store to the root; [] when "

@@ -154,11 +154,14 @@ POOL_INFO = Operation(name="pool.info", args=pl.PoolNameArgs, result=PoolObject,
                       summary="Describe one pool")
 POOL_LIST = Operation(name="pool.list", args=pl.PoolListArgs, result=p.PoolList, read_only=True,
                       summary="List pools, optionally by state")
+# The worker refreshes a disk pool after changing its partition table itself (worker/handlers/partitions.py).
+_PARTITIONS = frozenset({_E.pool_refreshed})
 VOLUME_CREATE = Operation(name="volume.create", args=vl.VolumeCreateArgs, result=p.VolumeChange,
-                          uses=(*_VOLUME_WRITE, _BACKING), summary="Create a volume")
+                          uses=(*_VOLUME_WRITE, _BACKING), causes=_PARTITIONS, summary="Create a volume")
 VOLUME_CLONE = Operation(name="volume.clone", args=vl.VolumeCloneArgs, result=p.VolumeChange,
                          uses=(*_VOLUME_WRITE, VolumeRef(pool="source_pool|pool", name="source")),
-                         long_running=True, cancellable=True, summary="Create a volume as a copy of another")
+                         long_running=True, cancellable=True, causes=_PARTITIONS,
+                         summary="Create a volume as a copy of another")
 VOLUME_RESIZE = Operation(name="volume.resize", args=vl.VolumeResizeArgs, result=p.VolumeResized,
                           uses=_VOLUME_WRITE, summary="Change a volume's capacity")
 VOLUME_WIPE = Operation(name="volume.wipe", args=vl.VolumeWipeArgs, result=p.VolumeChange, uses=_VOLUME_WRITE,
@@ -171,7 +174,7 @@ VOLUME_DOWNLOAD = Operation(name="volume.download", args=vl.VolumeDownloadArgs, 
                             uses=_VOLUME_READ, long_running=True, cancellable=True,
                             summary="Copy a volume's content to a file")
 VOLUME_DELETE = Operation(name="volume.delete", args=vl.VolumeDeleteArgs, result=p.VolumeDeleted,
-                          uses=_VOLUME_WRITE, summary="Delete a volume, optionally wiping it first")
+                          uses=_VOLUME_WRITE, causes=_PARTITIONS, summary="Delete a volume, optionally wiping it first")
 VOLUME_INFO = Operation(name="volume.info", args=vl.VolumeNameArgs, result=VolumeObject, uses=_VOLUME_READ,
                         read_only=True, summary="Describe one volume")
 VOLUME_LIST = Operation(name="volume.list", args=vl.VolumeListArgs, result=p.VolumeList,

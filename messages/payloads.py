@@ -7,9 +7,16 @@ from typing import Literal
 from pydantic import Field
 
 from messages.fields import Size, Strict
-from messages.objects import DiskObject, PoolObject, VolumeObject
+from messages.objects import DiskObject, PoolObject, VolumeObject, VolumeOperation
 
 Changed = Field(description="false when the host already was in the asked-for state")
+
+
+class PoolCapability(Strict):
+    type: str
+    volume_formats: list[str] = Field(description="The volume formats libvirt accepts in a pool of this type "
+                                                  "(virConnectGetStoragePoolCapabilities); empty: none")
+    operations: list[VolumeOperation] = Field(description="The volume operations this worker can run there")
 
 
 class HostInfo(Strict):
@@ -19,6 +26,9 @@ class HostInfo(Strict):
     libvirt_version: str
     worker_version: str
     pool_types: list[str]
+    # version 2
+    pool_capabilities: list[PoolCapability] = Field(
+        default_factory=list, description="For each pool type libvirt supports here: volume formats and operations")
 
 
 class PoolChange(PoolObject):

@@ -103,6 +103,11 @@ class SourceInitiator(Strict):
                                           pattern=rf"^(iqn|eui|naa)\.[^\s{NOT_IN_XML}]+$")]
 
 
+# An NFS protocol version as mount's nfsvers= takes it: 3, 4, 4.1...
+NfsVersion = Annotated[str, StringConstraints(pattern=r"^[1-9](\.[0-9])?$"),
+                       Field(description="NFS protocol version, e.g. '3', '4', '4.1' (libvirt's <protocol ver>)")]
+
+
 class PoolSource(Strict):
     host: list[SourceHost] = []
     dir: Text | None = None
@@ -112,6 +117,16 @@ class PoolSource(Strict):
     adapter: SourceAdapter | None = None
     auth: SourceAuth | None = None
     initiator: SourceInitiator | None = None
+    # version 2
+    protocol_version: NfsVersion | None = None
+
+
+# One option of mount(8)'s -o list, as libvirt appends it to its own (fs:mount_opts): a word, with a
+# value after '=' where the option takes one; no ',' (which would smuggle in more options).
+MountOption = Annotated[str, StringConstraints(min_length=1, max_length=255,
+                                               pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:/@+=-]*$")]
+# libvirt mounts with nodev,nosuid,noexec; these would undo that.
+_UNSAFE_MOUNT_OPTIONS = ("dev", "suid", "exec")
 
 
 # libvirt treats -1 as "not set" (it never writes it back) and writes ids as signed 32-bit numbers.
@@ -153,8 +168,8 @@ _LOGICAL_FORMATS = ("unknown", "lvm2")
 _REQUIREMENTS: dict[str, dict] = {
     "dir": {"target": True, "source": ()},
     "fs": {"target": True, "source": ("device", "format"), "device": _DEVICE_ONE, "formats": _FS_FORMATS},
-    "netfs": {"target": True, "source": ("host", "dir", "format"), "host": (1, 1), "fields": ("dir",),
-              "formats": _NETFS_FORMATS},
+    "netfs": {"target": True, "source": ("host", "dir", "format", "protocol_version"), "host": (1, 1),
+              "fields": ("dir",), "formats": _NETFS_FORMATS, "mount_options": True},
     "logical": {"target": "derived", "source": ("name", "device", "format"), "device": (0, 256),
                 "any_of": ("name", "device"), "formats": _LOGICAL_FORMATS},
     "disk": {"target": True, "source": ("device", "format"), "device": _DEVICE_ONE, "formats": _DISK_FORMATS},
@@ -170,7 +185,7 @@ _REQUIREMENTS: dict[str, dict] = {
     "zfs": {"source": ("name", "device"), "device": (0, 1), "fields": ("name",)},
     "vstorage": {"target": True, "source": ("name",), "fields": ("name",)},
 }
-_SOURCE_FIELDS = ("host", "dir", "device", "name", "format", "adapter", "auth", "initiator")
+_SOURCE_FIELDS = ("host", "dir", "device", "name", "format", "adapter", "auth", "initiator", "protocol_version")
 # The schema's IscsiQualifiedName, the only device path an iscsi-direct pool takes.
 _IQN = re.compile(r"^iqn\.[0-9]{4}-(0[1-9]|1[0-2])\.[a-zA-Z0-9.-]+(:.+)?$")
 # Pool types whose source devices are local block devices (paths under /dev).
@@ -194,6 +209,9 @@ class PoolDefineArgs(Strict):
     build: StrictBool = Field(False, description="Build the pool's storage (never overwriting data)")
     start: StrictBool = Field(False, description="Start the pool")
     autostart: StrictBool | None = Field(None, description="Turn autostart on or off; absent: leave as it is")
+    # version 2
+    mount_options: Annotated[list[MountOption], Field(max_length=64)] | None = Field(
+        None, description="netfs: options added to libvirt's own when it mounts the pool (fs:mount_opts)")
 
     @model_validator(mode="after")
     def _fits_type(self) -> "PoolDefineArgs":
@@ -242,12 +260,31 @@ class PoolDefineArgs(Strict):
                                  f"the target's IQN, e.g. 'iqn.2013-06.com.example:storage'")
         if source.dir is not None:
             self._check_dir(source)
+        if source.protocol_version is not None and source.format not in (None, "auto", "nfs"):
+            raise ValueError(f"source.protocol_version is the NFS version; a netfs pool of format "
+                             f"{source.format!r} takes none (libvirt's schema allows it for nfs and auto)")
+        if self.mount_options is not None:
+            self._check_mount_options(need)
         if need.get("target") == "derived" and self.target is not None:
             derived = f"/dev/{source.name or self.name}"
             if self.target.path != derived:
                 raise ValueError(f"target.path {self.target.path!r} of a {kind} pool is always {derived!r} "
                                  f"(/dev/ and the volume group name); remove target.path or use that")
         return self
+
+    def _check_mount_options(self, need: dict) -> None:
+        if not need.get("mount_options"):
+            raise ValueError(f"a {self.type} pool takes no mount_options (netfs pools do); remove it")
+        for option in self.mount_options:
+            word = option.partition("=")[0]
+            if word in _UNSAFE_MOUNT_OPTIONS:
+                raise ValueError(f"mount option {option!r} would undo libvirt's nodev,nosuid,noexec; "
+                                 f"the worker does not allow it")
+            if word in ("nfsvers", "vers"):
+                raise ValueError(f"mount option {option!r}: give the NFS version as source.protocol_version "
+                                 f"(libvirt turns it into nfsvers=)")
+        if len(set(self.mount_options)) != len(self.mount_options):
+            raise ValueError(f"mount_options lists an option twice: {self.mount_options}")
 
     def _check_dir(self, source: PoolSource) -> None:
         # libvirt sanitizes the directory (no '//', no trailing '/') before storing it: only its

@@ -19,6 +19,9 @@ class Status(str, Enum):
 
 
 class ErrorCode(str, Enum):
+    """What went wrong (docs/contract.md "Results"). Version 2 adds `no_space`: the volume does not fit
+    in its pool (the message gives the bytes requested and the bytes available; not retryable)."""
+
     invalid = "invalid"
     forbidden = "forbidden"
     not_found = "not_found"
@@ -31,6 +34,7 @@ class ErrorCode(str, Enum):
     cancelled = "cancelled"
     internal = "internal"
     in_use = "in_use"
+    no_space = "no_space"
 
 
 class LibvirtError(Strict):

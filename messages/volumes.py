@@ -6,12 +6,15 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StrictBool, StringConstraints, model_validator
 
-from messages.fields import AbsolutePath, CommandId, PositiveSize, ResourceName, Size, Strict
+from messages.fields import AbsolutePath, CommandId, PositiveSize, ResourceName, Size, Strict, VolumeName
 
-# libvirt's volume formats (storagecommon.rng, virStorageFileFormat); it has no "vhdx".
+# libvirt's volume formats (storagecommon.rng, virStorageFileFormat); it has no "vhdx". Then, since
+# version 2, the rest of what its pool capabilities list: "none" and "vhd" (file pools) and the
+# partition types of disk pools ("none" is a plain partition there).
 VolumeFormat = Literal[
     "raw", "qcow2", "qcow", "qed", "vmdk", "vpc", "vdi", "bochs", "cloop", "dmg", "iso",
     "cow", "fat", "dir", "ploop",
+    "none", "vhd", "linux", "fat16", "fat32", "linux-swap", "linux-lvm", "linux-raid", "extended",
 ]
 # Formats that can point at a backing volume.
 BACKING_FORMATS = frozenset({"qcow2", "qcow", "qed", "vmdk"})
@@ -26,12 +29,12 @@ WipeAlgorithm = Literal[
 
 class VolumeRef(Strict):
     pool: ResourceName
-    name: ResourceName
+    name: VolumeName
 
 
 class VolumeNameArgs(Strict):
     pool: ResourceName
-    name: ResourceName
+    name: VolumeName
 
 
 class VolumeListArgs(Strict):
@@ -40,7 +43,7 @@ class VolumeListArgs(Strict):
 
 class VolumeCreateArgs(Strict):
     pool: ResourceName
-    name: ResourceName
+    name: VolumeName
     capacity: PositiveSize
     allocation: Size = Field(0, description="Bytes allocated up front; default 0 (sparse), as virsh vol-create-as")
     format: VolumeFormat | None = Field(None, description="Default: raw for file-based pools")
@@ -62,8 +65,8 @@ class VolumeCreateArgs(Strict):
 
 class VolumeCloneArgs(Strict):
     pool: ResourceName
-    source: ResourceName
-    name: ResourceName
+    source: VolumeName
+    name: VolumeName
     source_pool: ResourceName | None = Field(None, description="Default: the same pool")
     format: VolumeFormat | None = Field(None, description="Default: the source's format")
     capacity: PositiveSize | None = Field(None, description="Default: the source's capacity")
@@ -83,7 +86,7 @@ class VolumeCloneArgs(Strict):
 
 class VolumeResizeArgs(Strict):
     pool: ResourceName
-    name: ResourceName
+    name: VolumeName
     capacity: PositiveSize
     shrink: StrictBool = False
     allocate: StrictBool = False
@@ -92,7 +95,7 @@ class VolumeResizeArgs(Strict):
 
 class VolumeWipeArgs(Strict):
     pool: ResourceName
-    name: ResourceName
+    name: VolumeName
     algorithm: WipeAlgorithm = "zero"
     force: StrictBool = Field(False, description=FORCE_DOC)
 
@@ -114,7 +117,7 @@ class DownloadDestination(Strict):
 
 class VolumeUploadArgs(Strict):
     pool: ResourceName
-    name: ResourceName
+    name: VolumeName
     source: UploadSource
     offset: Size = 0
     length: Size | None = Field(None, description="Default: the whole source")
@@ -124,7 +127,7 @@ class VolumeUploadArgs(Strict):
 
 class VolumeDownloadArgs(Strict):
     pool: ResourceName
-    name: ResourceName
+    name: VolumeName
     destination: DownloadDestination
     offset: Size = 0
     length: Size | None = Field(None, description="Default: to the end of the volume")
@@ -133,7 +136,7 @@ class VolumeDownloadArgs(Strict):
 
 class VolumeDeleteArgs(Strict):
     pool: ResourceName
-    name: ResourceName
+    name: VolumeName
     wipe: StrictBool = Field(False, description="Overwrite the data with zeros before deleting")
     force: StrictBool = Field(False, description=FORCE_DOC)
 
@@ -146,7 +149,7 @@ DiskBus = Literal["virtio", "scsi", "sata", "ide", "usb", "xen"]
 class VolumeAttachArgs(Strict):
     domain: ResourceName
     pool: ResourceName
-    name: ResourceName
+    name: VolumeName
     target: DiskTarget
     bus: DiskBus | None = Field(None, description="Default: derived from the target prefix")
     readonly: StrictBool = False

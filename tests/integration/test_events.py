@@ -93,7 +93,7 @@ def test_pool_lifecycle_events_carry_the_pool_and_the_command(watched):
                 ("storage.pool.stopped", "stop-1"), ("storage.pool.deleted", "delete-1"),
                 ("storage.pool.undefined", "undefine-1")]
     stream.wait(lambda e: e["type"] == "storage.pool.undefined" and e["subject"] == f"pools/{name}", 10,
-                "the undefined event")
+                "the undefined event")  # libvirtd is shared: other pools come and go meanwhile
     pool_events = [(e["type"], e.get("commandid")) for e in stream.events() if e["subject"] == f"pools/{name}"
                    and e["type"].startswith("storage.pool.") and ".capacity." not in e["type"]]
     assert pool_events == expected

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from messages.objects import VolumeObject
+from messages.objects import BackingStore, VolumeObject
 from tests.conftest import require
 from worker.virt import volume_xml
 from worker.virt.sizes import reported_size
@@ -122,10 +122,30 @@ def test_build_largest_size():
 
 
 def test_read_overlay():
-    volume = volume_xml.read("images", OVERLAY)
+    volume, path, fmt = volume_xml.read_backed("images", OVERLAY)
     assert volume == VolumeObject(pool="images", name="child.qcow2", key="/var/lib/libvirt/images/child.qcow2",
                                   path="/var/lib/libvirt/images/child.qcow2", type="file", format="qcow2",
-                                  capacity=2147483648, allocation=200704)
+                                  capacity=2147483648, allocation=200704, physical=196640)
+    assert (path, fmt) == ("/var/lib/libvirt/images/base.qcow2", "qcow2")
+    assert volume.backing is None, "the backing store is named by pool and volume where it is described"
+
+
+# A LUN of an iscsi-direct pool (libvirt 9.0): no <physical>, no format.
+LUN = """<volume type='network'>
+  <name>unit:0:0:1</name>
+  <key>ip-127.0.0.1:3260-iscsi-iqn.2024-01.test:t1-lun-1</key>
+  <capacity unit='bytes'>67108352</capacity>
+  <allocation unit='bytes'>67108352</allocation>
+  <target>
+    <path>ip-127.0.0.1:3260-iscsi-iqn.2024-01.test:t1-lun-1</path>
+  </target>
+</volume>"""
+
+
+def test_physical_is_libvirts_physical_element():
+    assert volume_xml.read("vg0", LOGICAL).physical == 1073741824
+    lun = volume_xml.read("iscsi", LUN)
+    assert (lun.type, lun.physical, lun.backing, lun.format, lun.capacity) == ("network", 0, None, None, 67108352)
 
 
 def test_read_logical_volume():

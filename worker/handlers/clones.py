@@ -32,20 +32,20 @@ from messages.payloads import VolumeChange
 from messages.results import ErrorCode
 from messages.volumes import VolumeCloneArgs
 from worker.errors import OperationError, conflict, invalid, unsupported
+from worker.handlers import partitions, space
 from worker.handlers.context import Context
+from worker.handlers.convergence import differences
 from worker.handlers.progress import ticker, watched
 from worker.handlers.registry import handles
-from worker.virt import volume_xml
+from worker.virt import pool_types, volume_xml
 from worker.virt.copy import copy_storage
 from worker.virt.describe import physical_length, volume_object
+from worker.virt.pool_types import PoolKind
 from worker.virt.streams import TransferCancelled
 
 log = logging.getLogger(__name__)
 
 REFLINK, COPY, LIBVIRT = "reflink", "copy", "libvirt"
-# Pool types whose volumes are files with a format of their own (the worker's copy and reflinks apply
-# to them); the others (logical, disk, iscsi...) hold raw block devices and take no format.
-FILE_POOLS = frozenset({"dir", "fs", "netfs", "gluster", "vstorage"})
 # What libvirt and the kernel say when a reflink cannot be had here: ext4 (EOPNOTSUPP), pools on
 # two file systems (EXDEV), a format libvirt clones with qemu-img (unsupported flags 0x2).
 _NO_REFLINK = ("not supported", "cross-device link", "unsupported flags")
@@ -54,8 +54,11 @@ _NO_REFLINK = ("not supported", "cross-device link", "unsupported flags")
 @handles(VOLUME_CLONE)
 def clone(ctx: Context, a: VolumeCloneArgs) -> VolumeChange:
     pool = ctx.active_pool(a.pool)
+    kind = pool_types.kind_of(ctx.require(pool, "clone", a.pool))
     source_pool = a.source_pool or a.pool
-    source = ctx.volume(ctx.active_pool(source_pool), a.source)
+    source_handle = ctx.active_pool(source_pool)
+    pool_types.require_clone_source(ctx.pool_type(source_handle), source_pool)
+    source = ctx.volume(source_handle, a.source)
     original = volume_object(source_pool, source)
     declared = ctx.declared_format(original)
     capacity = a.capacity or original.capacity
@@ -63,21 +66,25 @@ def clone(ctx: Context, a: VolumeCloneArgs) -> VolumeChange:
         raise invalid(f"capacity {capacity} is smaller than the capacity {original.capacity} of the source "
                       f"{source_pool}/{a.source}; a clone cannot shrink it")
     fmt = a.format or declared
-    way = _way(ctx, a, pool, original, declared, fmt)
+    way = _way(a, kind, original, declared, fmt)
     existing = ctx.find_volume(pool, a.name)
     if existing is not None:
         if ctx.records is None or ctx.records.unfinished_copy(a.pool, a.name) is None:
-            return _same_or_conflict(ctx, a, existing, capacity, fmt)
+            return _same_or_conflict(ctx, a, kind, existing, capacity, fmt)
         log.warning("removing a clone whose copy never finished", extra={"command_id": ctx.command.id,
                                                                          "pool": a.pool, "volume": a.name})
         existing.delete(0)
     where = f"volume {a.name!r} in pool {a.pool!r}"
     what = f"volume.clone of {source_pool}/{a.source} into {where}"
-    volume = _reflink(ctx, a, pool, source, original, fmt, what) if way == REFLINK else None
-    if volume is None and way in (REFLINK, COPY):
-        volume = _copy(ctx, a, pool, source, original, fmt, what)
-    elif volume is None:
-        volume = _libvirt_clone(ctx, a, pool, source, original, fmt, what)
+    needed = capacity if kind.partitions else original.allocation  # the source's data; a partition all its size
+    needs = f"the clone {a.name!r} of {source_pool}/{a.source} needs {needed} bytes"
+    space.check_fits(pool, a.pool, needed, needs)
+    with space.reported(pool, a.pool, needs):
+        volume = _reflink(ctx, a, pool, source, original, fmt, what) if way == REFLINK else None
+        if volume is None and way in (REFLINK, COPY):
+            volume = _copy(ctx, a, pool, source, original, fmt, what)
+        elif volume is None:
+            volume = _libvirt_clone(ctx, a, kind, pool, source, original, fmt, what)
     ctx.changed = True
     if volume.info()[1] < capacity:  # a larger clone, or qemu-img convert kept the source's size
         volume.resize(capacity, 0)
@@ -87,11 +94,10 @@ def clone(ctx: Context, a: VolumeCloneArgs) -> VolumeChange:
     return VolumeChange(**made.model_dump(), changed=True)
 
 
-def _way(ctx: Context, a: VolumeCloneArgs, pool: libvirt.virStoragePool, original: VolumeObject, declared: str | None,
-         fmt: str | None) -> str:
+def _way(a: VolumeCloneArgs, kind: PoolKind, original: VolumeObject, declared: str | None, fmt: str | None) -> str:
     src = f"volume {original.name!r} of pool {original.pool!r}"
     same = fmt == declared
-    files = original.type == "file" and ctx.gateway.pool_type(pool) in FILE_POOLS
+    files = original.type == "file" and kind.file_volumes
     overlay = original.backing is not None
     if a.reflink is True:
         if not same:
@@ -107,12 +113,10 @@ def _way(ctx: Context, a: VolumeCloneArgs, pool: libvirt.virStoragePool, origina
     return LIBVIRT
 
 
-def _same_or_conflict(ctx: Context, a: VolumeCloneArgs, existing: libvirt.virStorageVol, capacity: int,
-                      fmt: str | None) -> VolumeChange:
+def _same_or_conflict(ctx: Context, a: VolumeCloneArgs, kind: PoolKind, existing: libvirt.virStorageVol,
+                      capacity: int, fmt: str | None) -> VolumeChange:
     held = volume_object(a.pool, existing, chain=True)
-    found = [f"{what} is {have!r} on the host, the command asks for {want!r}"
-             for what, have, want in (("capacity", held.capacity, capacity), ("format", held.format, fmt))
-             if have != want]
+    found = differences(kind, held, capacity, fmt)
     if found:
         raise conflict(f"volume {a.name!r} already exists in pool {a.pool!r} and differs: {'; '.join(found)}")
     return VolumeChange(**held.model_dump(), changed=ctx.changed)
@@ -174,8 +178,9 @@ def _copy(ctx: Context, a: VolumeCloneArgs, pool: libvirt.virStoragePool, source
     return volume
 
 
-def _libvirt_clone(ctx: Context, a: VolumeCloneArgs, pool: libvirt.virStoragePool, source: libvirt.virStorageVol,
-                   original: VolumeObject, fmt: str | None, what: str) -> libvirt.virStorageVol:
+def _libvirt_clone(ctx: Context, a: VolumeCloneArgs, kind: PoolKind, pool: libvirt.virStoragePool,
+                   source: libvirt.virStorageVol, original: VolumeObject, fmt: str | None,
+                   what: str) -> libvirt.virStorageVol:
     xml = volume_xml.build(a.name, original.capacity, allocation=0, format=fmt)
     total = original.allocation or original.capacity
 
@@ -184,7 +189,10 @@ def _libvirt_clone(ctx: Context, a: VolumeCloneArgs, pool: libvirt.virStoragePoo
         return None if building is None else (min(building.info()[2], total), total)
 
     with watched(ctx.progress, copied):
-        volume = pool.createXMLFrom(xml, source, 0)
+        if kind.partitions:  # a disk pool's new volume is a partition, named and made as such
+            volume = partitions.create(ctx, pool, a.pool, a.name, fmt, lambda: pool.createXMLFrom(xml, source, 0))
+        else:
+            volume = pool.createXMLFrom(xml, source, 0)
     ctx.progress.update(total, total, final=True)
     return _unless_cancelled(ctx, volume, what, "a clone libvirt makes (a format conversion or a flattening copy)")
 

@@ -15,13 +15,14 @@ import libvirt
 
 from messages.command import Command
 from messages.events import DiskRef, EventType, VolumeEventData
-from messages.objects import VolumeObject
+from messages.objects import VolumeObject, VolumeOperation
 from worker.config import Settings
 from worker.errors import not_found
 from worker.transport.events import EventPublisher
 from worker.state.inventory import Inventory
 from worker.state.volume_records import VolumeRecords
 from worker.handlers.progress import ProgressReporter
+from worker.virt import pool_types
 from worker.virt.backing import BackingResolver
 from worker.virt.describe import described_volume
 from worker.virt.gateway import LibvirtGateway
@@ -73,12 +74,26 @@ class Context:
         return self.pool(name)
 
     def find_volume(self, pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol | None:
+        """The volume, or None; lost+found of a mounted pool is the filesystem's, never a volume
+        (worker.virt.pool_types.hidden)."""
+        if pool_types.hidden(name, lambda: self.gateway.pool_type(pool)):
+            return None
         try:
             return pool.storageVolLookupByName(name)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
                 return None
             raise
+
+    def pool_type(self, pool: libvirt.virStoragePool) -> str:
+        return self.gateway.pool_type(pool)
+
+    def require(self, pool: libvirt.virStoragePool, operation: VolumeOperation, pool_name: str) -> str:
+        """The pool's type, once the worker knows it can run `operation` there (else `unsupported`,
+        before anything is touched)."""
+        kind = self.gateway.pool_type(pool)
+        pool_types.require(kind, operation, pool_name)
+        return kind
 
     def volume(self, pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol:
         volume = self.find_volume(pool, name)

@@ -71,6 +71,7 @@ def attach(ctx: Context, a: VolumeAttachArgs) -> DiskChange:
     dom = _domain(ctx, a.domain)
     live, config = _parts(dom, a.domain, a.live, a.config, "attach")
     pool = ctx.active_pool(a.pool)
+    ctx.require(pool, "attach", a.pool)
     volume = volume_object(a.pool, ctx.volume(pool, a.name))
     bus = a.bus or disk_xml.default_bus(a.target)
     flags = 0

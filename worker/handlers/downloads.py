@@ -50,6 +50,7 @@ def download(ctx: Context, a: VolumeDownloadArgs) -> VolumeDownloaded:
         _not_a_volume(ctx, dest, shown)
 
     pool = ctx.active_pool(a.pool)
+    ctx.require(pool, "download", a.pool)  # before anything is written: a LUN of iscsi-direct cannot be read
     vol = ctx.volume(pool, a.name)
     where = f"volume {a.name!r} in pool {a.pool!r}"
     size = physical_length(vol, vol.info()[1])

@@ -2,9 +2,22 @@
 
 Each converges: asking for the state the pool is already in succeeds with changed=false. Pool
 lifecycle events come from libvirt's callbacks, not from here.
+
+Building a pool whose build formats a device (fs, disk, logical) never destroys data unless told
+to (`overwrite: true`): pool.build without overwrite, pool.define with build and pool.start with
+build all build with NO_OVERWRITE, which formats a blank device and refuses one that holds
+something. A device that already holds exactly the pool's format is what was asked for: libvirt's
+"already formatted using '<format>'" converges (changed=false). (libvirt's own defaults differ:
+build without flags and start WITH_BUILD make only an fs pool's mount point, never a filesystem.)
+
+pool.delete does what libvirt does, with one guard: a stopped fs pool loses only its mount point
+(the filesystem stays on the device); a disk pool's delete erases the device's partition table, so
+it is refused while partitions exist.
 """
 
 from __future__ import annotations
+
+import re
 
 import libvirt
 
@@ -12,19 +25,21 @@ from messages.objects import PoolObject
 from messages.operations import (POOL_AUTOSTART, POOL_BUILD, POOL_DEFINE, POOL_DELETE, POOL_INFO, POOL_LIST,
                                  POOL_REFRESH, POOL_START, POOL_STOP, POOL_UNDEFINE)
 from messages.payloads import PoolChange, PoolList, PoolUndefined
+from messages.results import ErrorCode
 from messages.pools import (PoolAutostartArgs, PoolBuildArgs, PoolDefineArgs, PoolListArgs, PoolNameArgs,
                             PoolStartArgs)
-from worker.errors import conflict, invalid, unsupported
+from worker.errors import OperationError, conflict, invalid, unsupported
+from worker.handlers import partitions
 from worker.handlers.context import Context
 from worker.handlers.registry import handles
 from worker.handlers.paths import check_pool_target, is_local
-from worker.virt import pool_xml
+from worker.virt import pool_types, pool_xml
 from worker.virt.describe import pool_object, pool_type, supported_pool_types
+from worker.virt.errors import details
 
-_BUILD_FLAGS = {None: 0, True: libvirt.VIR_STORAGE_POOL_BUILD_OVERWRITE,
-                False: libvirt.VIR_STORAGE_POOL_BUILD_NO_OVERWRITE}
-# Pool types whose build formats a device, and so can be told to overwrite or spare existing data.
-_FORMATTING_TYPES = {"fs", "disk", "logical"}
+OVERWRITE = libvirt.VIR_STORAGE_POOL_BUILD_OVERWRITE
+NO_OVERWRITE = libvirt.VIR_STORAGE_POOL_BUILD_NO_OVERWRITE
+_ALREADY_BUILT = re.compile(r"already formatted using '([^']+)'")
 
 
 def _change(ctx: Context, pool: libvirt.virStoragePool) -> PoolChange:
@@ -65,8 +80,7 @@ def define(ctx: Context, a: PoolDefineArgs) -> PoolChange:
 
 def _bring_up(ctx: Context, pool: libvirt.virStoragePool, a: PoolDefineArgs) -> None:
     if a.build and not pool.isActive():
-        pool.build(libvirt.VIR_STORAGE_POOL_BUILD_NO_OVERWRITE if a.type in _FORMATTING_TYPES else 0)
-        ctx.changed = True
+        _build(ctx, pool, a.type, None)
     if a.start and not pool.isActive():
         pool.create(0)
         ctx.changed = True
@@ -75,16 +89,37 @@ def _bring_up(ctx: Context, pool: libvirt.virStoragePool, a: PoolDefineArgs) -> 
         ctx.changed = True
 
 
+def _build(ctx: Context, pool: libvirt.virStoragePool, kind: str, overwrite: bool | None) -> None:
+    """Build the pool: pools that format a device with OVERWRITE only when told to, else with
+    NO_OVERWRITE, where a device that already holds the pool's format converges; other pools with
+    libvirt's default."""
+    if not pool_types.kind_of(kind).formats_device:
+        pool.build(0)
+        ctx.changed = True
+        return
+    if overwrite:
+        pool.build(OVERWRITE)
+        ctx.changed = True
+        return
+    try:
+        pool.build(NO_OVERWRITE)
+        ctx.changed = True
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_STORAGE_POOL_BUILT \
+                or not _ALREADY_BUILT.search(exc.get_error_message() or ""):
+            raise
+
+
 @handles(POOL_BUILD)
 def build(ctx: Context, a: PoolBuildArgs) -> PoolChange:
     pool = ctx.pool(a.name)
     kind = pool_type(pool)
-    if a.overwrite is not None and kind not in _FORMATTING_TYPES:
-        raise invalid(f"overwrite applies to pools whose build formats a device "
-                      f"({', '.join(sorted(_FORMATTING_TYPES))}); pool {a.name!r} is a {kind} pool")
+    if a.overwrite is not None and not pool_types.kind_of(kind).formats_device:
+        formatting = sorted(t for t, k in pool_types.POOL_TYPES.items() if k.formats_device)
+        raise invalid(f"overwrite applies to pools whose build formats a device ({', '.join(formatting)}); "
+                      f"pool {a.name!r} is a {kind} pool")
     if not pool.isActive():  # a running pool is built already; libvirt refuses to build it again
-        pool.build(_BUILD_FLAGS[a.overwrite])
-        ctx.changed = True
+        _build(ctx, pool, kind, a.overwrite)
     return _change(ctx, pool)
 
 
@@ -92,7 +127,12 @@ def build(ctx: Context, a: PoolBuildArgs) -> PoolChange:
 def start(ctx: Context, a: PoolStartArgs) -> PoolChange:
     pool = ctx.pool(a.name)
     if not pool.isActive():
-        pool.create(libvirt.VIR_STORAGE_POOL_CREATE_WITH_BUILD if a.build else 0)
+        kind = pool_type(pool)
+        if a.build and pool_types.kind_of(kind).formats_device:
+            _build(ctx, pool, kind, None)
+            pool.create(0)
+        else:
+            pool.create(libvirt.VIR_STORAGE_POOL_CREATE_WITH_BUILD if a.build else 0)
         ctx.changed = True
     return _change(ctx, pool)
 
@@ -111,14 +151,35 @@ def delete(ctx: Context, a: PoolNameArgs) -> PoolChange:
     pool = ctx.pool(a.name)
     if pool.isActive():
         raise invalid(f"pool {a.name!r} is running; stop it with pool.stop before deleting its storage")
+    kind = pool_type(pool)
+    if pool_types.kind_of(kind).partitions:
+        held = partitions.holding(ctx, pool)
+        if held:
+            raise invalid(f"pool.delete of disk pool {a.name!r} would erase the partition table of "
+                          f"{partitions.source_device(pool)} and with it its partitions ({', '.join(held)}); "
+                          f"start the pool and delete those volumes first")
     try:
         pool.delete(0)
         ctx.changed = True
     except libvirt.libvirtError as exc:
+        text = (exc.get_error_message() or "").lower()
         # Deleting storage that is already gone converges (dir pools report the missing directory).
-        if "no such file or directory" not in (exc.get_error_message() or "").lower():
-            raise
+        if "no such file or directory" in text:
+            return _change(ctx, pool)
+        if "directory not empty" in text:
+            raise OperationError(ErrorCode.invalid, _not_empty(a.name, kind, pool), libvirt=details(exc)) from None
+        raise
     return _change(ctx, pool)
+
+
+def _not_empty(name: str, kind: str, pool: libvirt.virStoragePool) -> str:
+    target = pool_object(pool).target_path
+    if pool_types.kind_of(kind).mounts:
+        return (f"pool {name!r} is stopped, so pool.delete removes only its mount point {target} (the "
+                f"filesystem and its volumes stay on the device), and {target} is not empty: it holds "
+                f"files of its own, not on the device; remove them, then delete again")
+    return (f"pool.delete of {kind} pool {name!r} removes its directory {target}, which still holds files; "
+            f"delete the volumes first")
 
 
 @handles(POOL_UNDEFINE)

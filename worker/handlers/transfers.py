@@ -27,7 +27,7 @@ from messages.payloads import VolumeUploaded
 from messages.results import ErrorCode
 from messages.volumes import VolumeUploadArgs
 from worker.errors import OperationError, invalid
-from worker.handlers import in_use, untrusted
+from worker.handlers import in_use, space, untrusted
 from worker.handlers.context import Context
 from worker.handlers.in_use import refuse_if_in_use
 from worker.handlers.progress import ticker
@@ -57,6 +57,7 @@ def upload(ctx: Context, a: VolumeUploadArgs) -> VolumeUploaded:
 
 def _upload(ctx: Context, a: VolumeUploadArgs, source: FileSource | UrlSource) -> VolumeUploaded:
     pool = ctx.active_pool(a.pool)
+    ctx.require(pool, "upload", a.pool)
     vol = ctx.volume(pool, a.name)
     vol_type, capacity, allocation = vol.info()
     # A failed sparse try may have cut the volume file: every try aims at the length of the first.
@@ -99,9 +100,11 @@ def _upload(ctx: Context, a: VolumeUploadArgs, source: FileSource | UrlSource) -
         vol.upload(stream, a.offset, length if length is not None else capacity - a.offset, flags)
         ctx.changed = True
         ctx.progress.update(0, total)
-        sender.put_all(items)
-        sender.flush()
-        stream.finish()
+        needs = f"the upload into {where} needs {length if length is not None else 'an unknown number of'} bytes"
+        with space.reported(pool, a.pool, needs):
+            sender.put_all(items)
+            sender.flush()
+            stream.finish()
         stream = None
     except TransferCancelled:
         raise OperationError(ErrorCode.cancelled,

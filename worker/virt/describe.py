@@ -1,4 +1,5 @@
-"""The contract's pool and volume objects, read from libvirt handles."""
+"""The contract's pool and volume objects, read from libvirt handles, and the pool capabilities of
+host.info."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from collections.abc import Callable
 import libvirt
 
 from messages.objects import PoolObject, PoolState, VolumeObject
-from worker.virt import volume_xml
+from messages.payloads import PoolCapability
+from worker.virt import pool_types, volume_xml
 from worker.virt.backing import BackingResolver
 from worker.virt.sizes import reported_size
 from worker.virt.xml import parse, text_of
@@ -32,10 +34,11 @@ def pool_object(pool: libvirt.virStoragePool, known: PoolObject | None = None) -
         return known.model_copy(update={"state": _STATES.get(state, PoolState.inaccessible), "capacity": capacity,
                                         "allocation": allocation, "available": available})
     root = parse(pool.XMLDesc(0))
+    kind = root.get("type") or ""
     return PoolObject(
         name=pool.name(),
         uuid=uuid,
-        type=root.get("type") or "",
+        type=kind,
         state=_STATES.get(state, PoolState.inaccessible),
         persistent=bool(pool.isPersistent()),
         autostart=bool(pool.autostart()),
@@ -43,6 +46,7 @@ def pool_object(pool: libvirt.virStoragePool, known: PoolObject | None = None) -
         allocation=allocation,
         available=available,
         target_path=text_of(root, "target/path"),
+        operations=pool_types.operations(kind),
     )
 
 
@@ -72,8 +76,22 @@ def described_volume(pool_name: str, xml: str, resolver: BackingResolver, *, cha
 
 
 def supported_pool_types(conn: libvirt.virConnect) -> list[str]:
-    root = parse(conn.getStoragePoolCapabilities(0))
-    return sorted(p.get("type") for p in root.findall("pool") if p.get("supported") == "yes")
+    return [capability.type for capability in pool_capabilities(conn.getStoragePoolCapabilities(0))]
+
+
+def pool_capabilities(xml: str) -> list[PoolCapability]:
+    """Each pool type libvirt supports (sorted by name), from virConnectGetStoragePoolCapabilities'
+    XML: the volume formats it lists for the type (none for types whose volumes take no format)
+    and the volume operations this worker can run there (worker/virt/pool_types.py)."""
+    found = []
+    for pool in parse(xml).findall("pool"):
+        if pool.get("supported") != "yes":
+            continue
+        kind = pool.get("type") or ""
+        formats = [value.text for value in pool.findall("volOptions/enum[@name='targetFormatType']/value")
+                   if value.text]
+        found.append(PoolCapability(type=kind, volume_formats=formats, operations=pool_types.operations(kind)))
+    return sorted(found, key=lambda capability: capability.type)
 
 
 def libvirt_version(number: int) -> str:

@@ -3,7 +3,8 @@
 Transient (retried): a lost connection (the caller reconnects first), RPC failures, timeouts, a pool
 busy with asynchronous jobs, a volume still being allocated. Permanent (never retried): missing
 pools/volumes/domains, bad XML or arguments, things that already exist, unsupported operations,
-access denied.
+access denied, a pool out of space (`no_space`), and the failures of the programs storage backends
+run (mount, umount, mkfs: worker/virt/storage_errors.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import libvirt
 
 from messages.results import ErrorCode, LibvirtError
 from worker.errors import OperationError
+from worker.virt import storage_errors
 
 E = ErrorCode
 
@@ -63,6 +65,11 @@ _BUSY_MESSAGES = ("has asynchronous jobs running", "is still being allocated", "
 # OPERATION_FAILED "pool 'p' already exists with uuid ...", the test driver an existing volume as
 # OPERATION_FAILED "storage vol already exists".
 _EXISTS_MESSAGES = ("already exists", "exists already", "already in use", "already defined")
+# Out of space, however libvirt says it: ENOSPC from a write, an allocation or qemu-img (SYSTEM_ERROR,
+# or INTERNAL_ERROR from a child process); a resize with ALLOCATE beyond the pool's available bytes
+# (OPERATION_FAILED); no free extent for a new partition (INTERNAL_ERROR).
+_NO_SPACE_MESSAGES = ("no space left on device", "not enough space left in storage pool",
+                      "no large enough free extent")
 _CONNECTION_MESSAGES = ("client socket is closed", "end of file while reading data",
                         "cannot recv data", "cannot write data", "broken pipe",
                         "connection reset by peer", "failed to connect socket")
@@ -71,6 +78,13 @@ _CONNECTION_MESSAGES = ("client socket is closed", "end of file while reading da
 def details(error: libvirt.libvirtError) -> LibvirtError:
     return LibvirtError(code=error.get_error_code() or 0, domain=error.get_error_domain() or 0,
                         message=error.get_error_message() or str(error))
+
+
+def is_no_space(error: libvirt.libvirtError) -> bool:
+    """True when libvirt says the pool (or the filesystem under it) has no room for what was asked."""
+    text = (error.get_error_message() or str(error)).lower()
+    return error.get_error_code() in (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_INTERNAL_ERROR,
+                                      libvirt.VIR_ERR_OPERATION_FAILED) and any(m in text for m in _NO_SPACE_MESSAGES)
 
 
 def classify(error: libvirt.libvirtError, connection_alive: bool = True) -> OperationError:
@@ -91,6 +105,11 @@ def classify(error: libvirt.libvirtError, connection_alive: bool = True) -> Oper
     if info.code == libvirt.VIR_ERR_OPERATION_INVALID and inactive:
         return OperationError(E.invalid, f"pool {inactive.group(1)!r} is not running; start it with pool.start first",
                               libvirt=info)
+    if is_no_space(error):
+        return OperationError(E.no_space, f"the pool has no room for it: {info.message}", libvirt=info)
+    explained = storage_errors.explain(info)
+    if explained is not None:
+        return OperationError(explained[0], explained[1], libvirt=info)
     if info.code in (libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_ERR_OPERATION_INVALID) \
             and any(m in text for m in _BUSY_MESSAGES):
         return OperationError(E.busy, f"libvirt is busy: {info.message}", retryable=True, libvirt=info)

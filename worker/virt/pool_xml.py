@@ -1,5 +1,14 @@
 """Storage pool XML: built from a pool.define command, and read back into the same shape so that a
-re-sent define can be compared with what libvirt holds."""
+re-sent define can be compared with what libvirt holds.
+
+netfs mount options live in libvirt's fs namespace, as children of <pool> (libvirt drops
+mount_opts in any other namespace without a word):
+
+    <pool type='netfs' xmlns:fs='http://libvirt.org/schemas/storagepool/fs/1.0'>
+      <source>...<protocol ver='4'/></source> ...
+      <fs:mount_opts><fs:option name='sync'/></fs:mount_opts>
+    </pool>
+"""
 
 from __future__ import annotations
 
@@ -11,8 +20,13 @@ from messages.pools import PoolDefineArgs, PoolSource
 from worker.virt.xml import attr_of, child, parse, text_of, to_string
 
 
+FS_NAMESPACE = "http://libvirt.org/schemas/storagepool/fs/1.0"
+_FS = f"{{{FS_NAMESPACE}}}"
+
+
 def build(args: PoolDefineArgs) -> str:
-    root = etree.Element("pool", type=args.type)
+    nsmap = {"fs": FS_NAMESPACE} if args.mount_options else None
+    root = etree.Element("pool", type=args.type, nsmap=nsmap)
     child(root, "name", args.name)
     if args.source is not None:
         _source(root, args.source)
@@ -28,6 +42,10 @@ def build(args: PoolDefineArgs) -> str:
     elif args.type == "logical":
         # libvirt derives a logical pool's path (/dev/<vg>), but its schema wants the element.
         child(root, "target")
+    if args.mount_options:
+        options = etree.SubElement(root, f"{_FS}mount_opts")
+        for option in args.mount_options:
+            etree.SubElement(options, f"{_FS}option", name=option)
     return to_string(root)
 
 
@@ -56,6 +74,8 @@ def _source(root: etree._Element, source: PoolSource) -> None:
     if source.initiator is not None:
         initiator = child(element, "initiator")
         child(initiator, "iqn", name=source.initiator.iqn)
+    if source.protocol_version is not None:
+        child(element, "protocol", ver=source.protocol_version)
 
 
 def read_spec(xml: str) -> dict[str, Any]:
@@ -76,6 +96,9 @@ def read_spec(xml: str) -> dict[str, Any]:
     source = root.find("source")
     if source is not None:
         spec["source"] = _read_source(source)
+    options = root.findall(f"{_FS}mount_opts/{_FS}option")
+    if options:
+        spec["mount_options"] = [option.get("name") for option in options]
     return spec
 
 
@@ -101,6 +124,9 @@ def _read_source(source: etree._Element) -> dict[str, Any]:
     iqn = attr_of(source, "initiator/iqn", "name")
     if iqn is not None:
         result["initiator"] = {"iqn": iqn}
+    version = attr_of(source, "protocol", "ver")
+    if version is not None:
+        result["protocol_version"] = version
     return result
 
 

@@ -50,6 +50,7 @@ def _volume(pool: str, root: etree._Element) -> VolumeObject:
         format=attr_of(root, "target/format", "type"),
         capacity=reported_size(int_of(root, "capacity")),
         allocation=reported_size(int_of(root, "allocation")),
+        physical=reported_size(int_of(root, "physical")),
     )
 
 

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import libvirt
 
@@ -31,7 +32,7 @@ from worker.errors import OperationError
 from worker.transport.events import EventPublisher, worker_data
 from worker.state.inventory import Inventory, diff_pools
 from worker.telemetry.metrics import Metrics
-from worker.virt import pool_events
+from worker.virt import pool_events, pool_types
 from worker.virt.describe import pool_object, volume_object
 from worker.virt.gateway import LibvirtGateway
 
@@ -271,7 +272,7 @@ class Monitor:
         for name, pool in pools.items():
             if pool.state.value == "running":
                 self._per_pool(name, lambda name=name: self._inventory.set_volumes(
-                    name, [volume_object(name, v) for v in handles[name].listAllVolumes(0)]))
+                    name, self._volume_objects(name, handles[name])))
             self._check_capacity(pool)
         log.info("inventory taken", extra={"pools": len(pools), "volumes": self._inventory.volume_count()})
 
@@ -295,11 +296,12 @@ class Monitor:
     def _reconcile_volumes(self, pool_name: str, handle: libvirt.virStoragePool | None = None) -> None:
         handle = handle or self._conn().storagePoolLookupByName(pool_name)
         if not self._inventory.listed(pool_name):
-            self._inventory.set_volumes(pool_name, [volume_object(pool_name, v) for v in handle.listAllVolumes(0)])
+            self._inventory.set_volumes(pool_name, self._volume_objects(pool_name, handle))
             return
         busy = self._busy_volumes(pool_name)
         listed_at = self._inventory.now()
-        names = set(handle.listVolumes())
+        kind = partial(self._gateway.pool_type, handle)  # asked only for lost+found
+        names = {name for name in handle.listVolumes() if not pool_types.hidden(name, kind)}
         created, deleted = self._inventory.compare(pool_name, names, listed_at, busy | self._busy_volumes(pool_name))
         for volume in deleted:
             self._volume_event(EventType.volume_deleted, volume)
@@ -312,6 +314,11 @@ class Monitor:
                 continue  # gone again before we looked
             self._inventory.put_volume(volume, by_command=False)
             self._volume_event(EventType.volume_created, volume)
+
+    def _volume_objects(self, pool_name: str, handle: libvirt.virStoragePool) -> list:
+        """The pool's volumes, without what is the filesystem's own (lost+found of a mounted pool)."""
+        kind = partial(self._gateway.pool_type, handle)
+        return [volume_object(pool_name, v) for v in handle.listAllVolumes(0) if not pool_types.hidden(v.name(), kind)]
 
     def _volume_event(self, kind: EventType, volume) -> None:
         self._events.emit(kind, VolumeEventData(pool=volume.pool, volume=volume, origin="external"),
