@@ -7,7 +7,6 @@ from typing import Literal
 
 from pydantic import Field
 
-
 from messages.fields import Size, Strict
 
 # What a control plane can ask of a pool's volumes, by the name of the operation after `volume.`
