@@ -31,9 +31,12 @@ ensure_packages() {
     missing=$(missing_packages "$@")
     [ -z "$missing" ] && return 0
     say "installing Debian packages: $(echo $missing)"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    # Another apt run (a second checkout bootstrapping, unattended upgrades) holds dpkg's lock for a
+    # while: wait for it instead of failing.
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -qq
     # shellcheck disable=SC2086
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+        --no-install-recommends $missing >/dev/null
 }
 
 broker_answers() {

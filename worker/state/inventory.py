@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -43,6 +44,10 @@ def diff_pools(known: dict[str, PoolObject], now: dict[str, PoolObject]) -> Pool
     return changes
 
 
+#: pools kept as last known after they left the view (see Inventory.last_known)
+GONE_POOLS = 1024
+
+
 class Inventory:
     """Thread-safe store of the last known pool and volume objects."""
 
@@ -50,6 +55,7 @@ class Inventory:
         self._clock = clock
         self._lock = threading.Lock()
         self._pools: dict[str, PoolObject] = {}
+        self._gone: OrderedDict[str, PoolObject] = OrderedDict()
         self._volumes: dict[str, dict[str, VolumeObject]] = {}
         self._touched: dict[tuple[str, str], float] = {}
 
@@ -66,20 +72,39 @@ class Inventory:
         with self._lock:
             return self._pools.get(name)
 
+    def last_known(self, name: str) -> PoolObject | None:
+        """The pool, or as it was when it left the view. A re-listing can drop a pool that an
+        undefine removed before libvirt's callback for it arrives; the event still needs the pool."""
+        with self._lock:
+            return self._pools.get(name) or self._gone.get(name)
+
     def set_pool(self, pool: PoolObject) -> None:
         with self._lock:
             self._pools[pool.name] = pool
+            self._gone.pop(pool.name, None)
 
     def replace_pools(self, pools: Iterable[PoolObject]) -> None:
         with self._lock:
-            self._pools = {pool.name: pool for pool in pools}
+            before, self._pools = self._pools, {pool.name: pool for pool in pools}
+            for name in set(before) - set(self._pools):
+                self._keep_gone(before[name])
+            for name in self._pools:
+                self._gone.pop(name, None)
             for name in set(self._volumes) - set(self._pools):
                 del self._volumes[name]
 
     def forget_pool(self, name: str) -> None:
         with self._lock:
-            self._pools.pop(name, None)
+            pool = self._pools.pop(name, None)
+            if pool is not None:
+                self._keep_gone(pool)
             self._volumes.pop(name, None)
+
+    def _keep_gone(self, pool: PoolObject) -> None:
+        self._gone[pool.name] = pool
+        self._gone.move_to_end(pool.name)
+        while len(self._gone) > GONE_POOLS:
+            self._gone.popitem(last=False)
 
     # ---- volumes ------------------------------------------------------------------------------
 

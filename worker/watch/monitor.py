@@ -143,6 +143,9 @@ class Monitor:
                 touched |= touches
                 touch_due = touch_due or time.monotonic() + TOUCH_DELAY
             try:
+                # The batch first: its signals happened before a listing made now, and are told
+                # against the view they happened in.
+                self._handle_batch([item for item in batch if item is not None and not isinstance(item, _Touch)])
                 # Due, whether or not the queue went quiet: a steady stream of callbacks must not
                 # starve the re-listing that finds what they do not report.
                 if time.monotonic() >= next_pass:
@@ -152,7 +155,6 @@ class Monitor:
                         self._reconcile(publish_pool_changes=False)
                         if self._metrics is not None:
                             self._metrics.reconcile_seconds.set(time.monotonic() - began)
-                self._handle_batch([item for item in batch if item is not None and not isinstance(item, _Touch)])
                 if touch_due is not None and time.monotonic() >= touch_due:
                     names, touched, touch_due = touched, set(), None
                     self._recheck(names)
@@ -219,7 +221,7 @@ class Monitor:
         redefined = {s.pool for s in signals if s.kind in (EventType.pool_defined, EventType.pool_undefined)}
         for name in redefined:
             self._gateway.forget_pools(name)
-        before = {s.pool: self._inventory.pool(s.pool) for s in signals}
+        before = {s.pool: self._inventory.last_known(s.pool) for s in signals}
         now = {name: self._lookup(name, fresh=name in redefined) for name in before}
         relist: set[str] = set()
         for signal in signals:
