@@ -38,9 +38,9 @@ def broker_ok() -> None:
         require(False, f"RabbitMQ is not reachable at {AMQP_URL}: {exc!r}")
 
 
-def delete_broker_objects(settings: Settings) -> None:
+def delete_broker_objects(settings: Settings, amqp_url: str = AMQP_URL) -> None:
     topology = settings.topology
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
         channel = connection.channel()
         for queue in (topology.command_queue, topology.dead_letter_queue, topology.event_stream):
@@ -259,9 +259,10 @@ def rabbitmqctl(*args: str) -> str:
     return completed.stdout
 
 
-def broker_connection_pid(connection_name: str) -> str | None:
-    """The broker's pid of the connection a client named `connection_name`, if it is connected."""
-    for line in rabbitmqctl("list_connections", "pid", "client_properties").splitlines():
+def broker_connection_pid(connection_name: str, ctl: Callable[..., str] | None = None) -> str | None:
+    """The broker's pid of the connection a client named `connection_name`, if it is connected;
+    `ctl` runs rabbitmqctl against another broker than the machine's."""
+    for line in (ctl or rabbitmqctl)("list_connections", "pid", "client_properties").splitlines():
         if f'"{connection_name}"' in line:
             return line.split("\t", 1)[0]
     return None

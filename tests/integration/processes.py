@@ -120,9 +120,10 @@ class Workload:
     """Publishes commands and collects results, replies and command-made events on durable queues of
     its own, reconnecting whenever the broker drops it."""
 
-    def __init__(self, prefix: str, host_id: str):
+    def __init__(self, prefix: str, host_id: str, amqp_url: str = AMQP_URL):
         self.prefix = prefix
         self.host_id = host_id
+        self.amqp_url = amqp_url
         tag = uuid.uuid4().hex[:8]
         self.queues = {"results": f"{prefix}.t-results-{tag}", "replies": f"{prefix}.t-replies-{tag}",
                        "events": f"{prefix}.t-events-{tag}"}
@@ -134,7 +135,7 @@ class Workload:
     def _connect(self) -> Any:
         if self._channel is not None and self._channel.is_open:
             return self._channel
-        self._connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        self._connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
         self._channel = self._connection.channel()
         self._channel.confirm_delivery()
         return self._channel

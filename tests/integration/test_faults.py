@@ -56,11 +56,19 @@ def rig(broker_ok, tmp_path):
         def __init__(self):
             self.tag, self.prefix, self.pool, self.root = tag, prefix, pool, root
             self.state_dir = tmp_path / "state"
+            self.amqp_url = AMQP_URL
             self.workload = Workload(prefix, tag)
+
+        def use_broker(self, amqp_url: str) -> None:
+            """Workers and workload on another broker (a node of the dev cluster) from now on."""
+            self.workload.close()
+            self.amqp_url = amqp_url
+            self.workload = Workload(prefix, tag, amqp_url)
 
         def worker(self, **settings) -> WorkerProcess:
             process = WorkerProcess(host_id=tag, prefix=prefix, state_dir=self.state_dir, allowed_root=root,
-                                    log_path=tmp_path / f"worker-{len(workers)}.log", **settings)
+                                    log_path=tmp_path / f"worker-{len(workers)}.log",
+                                    **{"amqp_url": self.amqp_url, **settings})
             workers.append(process)
             return process
 
@@ -120,7 +128,16 @@ def rig(broker_ok, tmp_path):
     if not libvirtd_answers():
         start_libvirtd()
     remove_pools(f"{tag}-")
-    delete_broker_objects(Settings(host_id=tag, prefix=prefix))
+    delete_broker_objects(Settings(host_id=tag, prefix=prefix), rig.amqp_url)
+
+
+@pytest.fixture
+def node_rig(rig, rabbit_cluster):
+    """The rig on node 1 of the dev cluster: its faults (a broker restart, a memory alarm) stay away
+    from the machine's own broker, which other work uses."""
+    rig.use_broker(rabbit_cluster.url(1))
+    rig.ctl = lambda *args: rabbit_cluster.ctl(1, "-q", *args)
+    return rig
 
 
 def workload_plan(pool: str) -> tuple[list[tuple[str, dict]], dict[str, int]]:
@@ -199,7 +216,8 @@ def test_sigkill_three_times_loses_nothing_and_repeats_nothing(rig):
     assert rig.reruns() > 0, "the kills met commands in flight"
 
 
-def test_broker_connection_closed_three_times_and_one_broker_restart(rig):
+def test_broker_connection_closed_three_times_and_one_broker_restart(node_rig):
+    rig = node_rig
     worker = rig.worker().start()
     worker.wait_online()
 
@@ -213,14 +231,15 @@ def test_broker_connection_closed_three_times_and_one_broker_restart(rig):
 
     def close_worker_connection():
         consuming_again()
-        pid = wait_for(lambda: broker_connection_pid(f"storage-worker {rig.tag}"), 60, "the worker's connection")
-        rabbitmqctl("close_connection", pid, "fault test")
+        pid = wait_for(lambda: broker_connection_pid(f"storage-worker {rig.tag}", rig.ctl), 60,
+                       "the worker's connection")
+        rig.ctl("close_connection", pid, "fault test")
 
     def restart_broker():
         consuming_again()
-        rabbitmqctl("stop_app")
-        rabbitmqctl("start_app")
-        rabbitmqctl("await_startup")
+        rig.ctl("stop_app")
+        rig.ctl("start_app")
+        rig.ctl("await_startup")
 
     faults = [close_worker_connection] * 3 + [restart_broker]
     random.shuffle(faults)
@@ -393,22 +412,23 @@ def test_a_clone_killed_mid_copy_is_copied_again_by_the_restarted_worker(rig):
     assert "removing a clone whose copy never finished" in worker.log_path.read_text()
 
 
-def test_memory_alarm_holds_results_until_it_clears(rig):
+def test_memory_alarm_holds_results_until_it_clears(node_rig):
+    rig = node_rig
     worker = rig.worker().start()
     worker.wait_online()
-    original = rabbitmqctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().").strip()
+    original = rig.ctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().").strip()
     assert re.fullmatch(r"[0-9.]+", original), f"cannot restore a watermark of {original!r}"
     rig.allocated_volume("slow.raw", 1024 * MiB)
     # Twenty results that can only be published after a few seconds of wiping: during the alarm.
     sent = [rig.workload.send("volume.delete", {"pool": rig.pool, "name": "slow.raw", "wipe": True})]
     sent += [rig.workload.send("volume.info", {"pool": rig.pool, "name": "slow.raw"}) for _ in range(20)]
     try:
-        rabbitmqctl("set_vm_memory_high_watermark", "0.00001")
+        rig.ctl("set_vm_memory_high_watermark", "0.00001")
         wait_for(lambda: "blocked this connection" in worker.log_path.read_text(), 30,
                  "the worker to see its connection blocked")
         time.sleep(2)
     finally:
-        rabbitmqctl("set_vm_memory_high_watermark", original)
+        rig.ctl("set_vm_memory_high_watermark", original)
     rig.workload.wait_all(timeout=60)
     assert all(len(rig.workload.tally.originals(c)) == 1 for c in sent)
     assert worker.running()
