@@ -78,9 +78,14 @@ def test_a_cut_longer_than_the_heartbeat_mid_batch_loses_nothing_and_doubles_not
         wait_for(lambda: ready() == 503, 2 * (HEARTBEAT + 5) + 10, "/readyz to say 503 during the cut",
                  interval=0.5)
         detected = time.monotonic() - began
+        # The broker sends a frame every heartbeat / 2 s: a whole heartbeat without one is a cut
+        # (worker/transport/silence.py), well before pika's own check (after heartbeat + 5 s at best).
+        assert detected < HEARTBEAT + 5, f"/readyz said 503 only {detected:.1f} s into the cut"
         connection = f"storage-worker {rig.tag}"
         wait_for(lambda: broker_connection_pid(connection) is None, 4 * HEARTBEAT + 20,
                  "the broker to drop the worker's connection", interval=0.5)
+        wait_for(lambda: '"lost the broker connection' in worker.log_path.read_text(), 2 * (HEARTBEAT + 5) + 10,
+                 "the worker to give up its connection (pika's heartbeat check)", interval=0.5)
         assert ready() == 503, "still not ready while the link is down"
         rig.workload.collect()
         answered_during_cut = {c for c in rig.workload.tally.sent if rig.workload.tally.originals(c)}
@@ -107,4 +112,3 @@ def test_a_cut_longer_than_the_heartbeat_mid_batch_loses_nothing_and_doubles_not
     assert made_during_cut, "the worker went on with the commands it held while cut off"
     assert not set(made_during_cut) & answered_during_cut, "nothing the worker made crossed the cut link"
     assert worker.running() and worker.starts == 1, "the same process rode out the partition"
-    assert '"lost the broker connection' in worker.log_path.read_text()
