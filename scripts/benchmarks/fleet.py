@@ -40,9 +40,20 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pika
 
-from benchmarks.common import CLI, BenchPool, MiB, Row, Table, free_port, ms, percentile
+from benchmarks.common import (
+    CLI,
+    LIBVIRT_URI,
+    BenchPool,
+    MiB,
+    Row,
+    Table,
+    free_port,
+    ms,
+    percentile,
+)
 
 DEV_CLUSTER = Path(__file__).resolve().parents[1] / "dev-cluster"
 IN_FLIGHT_PER_HOST = 8
@@ -236,9 +247,7 @@ def bench_fleet(table: Table, root: Path, tag: str, sizes: list[int]) -> None:
 def _one_fleet(table: Table, cluster: Cluster, root: Path, prefix: str, size: int) -> None:
     area = f"fleet {size}"
     hosts = [f"{prefix}-h{index:03d}" for index in range(size)]
-    pools = {host: BenchPool(host, root) for host in hosts}
-    for pool in pools.values():
-        pool.volume("info.raw", MiB)
+    pools = {host: _pool(host, root) for host in hosts}
     nodes_before = {n: (rss(pid), cluster.status(n)["memory"]) for n, pid in cluster.pids().items()}
     amqp_url = ";".join(cluster.urls)
     began = time.monotonic()
@@ -260,6 +269,39 @@ def _one_fleet(table: Table, cluster: Cluster, root: Path, prefix: str, size: in
         for pool in pools.values():
             pool.remove()
         _delete_broker_objects(cluster.urls, prefix, hosts)
+
+
+def _pool(name: str, root: Path, patience: float = 120) -> BenchPool:
+    """A dir pool with its 1 MiB info.raw, waiting out a libvirtd that restarts (this machine's
+    libvirtd is shared: other users restart it)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            pool = BenchPool(name, root)
+            pool.volume("info.raw", MiB)
+            return pool
+        except libvirt.libvirtError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+            _remove_pool_named(name)
+
+
+def _remove_pool_named(name: str) -> None:
+    """The half-made pool of an attempt that libvirtd's restart cut short, if any."""
+    try:
+        conn = libvirt.open(LIBVIRT_URI)
+    except libvirt.libvirtError:
+        return
+    try:
+        pool = conn.storagePoolLookupByName(name)
+        for volume in pool.listAllVolumes(0):
+            volume.delete(0)
+        pool.destroy()
+    except libvirt.libvirtError:
+        pass
+    finally:
+        conn.close()
 
 
 def _measure(table: Table, area: str, cluster: Cluster, prefix: str, workers: list[FleetWorker],
