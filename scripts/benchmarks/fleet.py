@@ -247,12 +247,15 @@ def bench_fleet(table: Table, root: Path, tag: str, sizes: list[int]) -> None:
 def _one_fleet(table: Table, cluster: Cluster, root: Path, prefix: str, size: int) -> None:
     area = f"fleet {size}"
     hosts = [f"{prefix}-h{index:03d}" for index in range(size)]
-    pools = {host: _pool(host, root) for host in hosts}
-    nodes_before = {n: (rss(pid), cluster.status(n)["memory"]) for n, pid in cluster.pids().items()}
-    amqp_url = ";".join(cluster.urls)
-    began = time.monotonic()
-    workers = [FleetWorker(host, prefix, amqp_url, root, root / f"state-{host}") for host in hosts]
+    pools: dict[str, BenchPool] = {}
+    workers: list[FleetWorker] = []
     try:
+        for host in hosts:
+            pools[host] = _pool(host, root)
+        nodes_before = {n: (rss(pid), cluster.status(n)["memory"]) for n, pid in cluster.pids().items()}
+        amqp_url = ";".join(cluster.urls)
+        began = time.monotonic()
+        workers = [FleetWorker(host, prefix, amqp_url, root, root / f"state-{host}") for host in hosts]
         waiting = list(workers)
         while waiting:
             if time.monotonic() - began > 60 + 3 * size:
@@ -266,8 +269,9 @@ def _one_fleet(table: Table, cluster: Cluster, root: Path, prefix: str, size: in
             worker.stop()
         for worker in workers:
             worker.wait()
-        for pool in pools.values():
+        for name, pool in pools.items():
             pool.remove()
+            _remove_pool_named(name)  # when libvirtd restarted meanwhile, remove() found its connection gone
         _delete_broker_objects(cluster.urls, prefix, hosts)
 
 
@@ -288,7 +292,7 @@ def _pool(name: str, root: Path, patience: float = 120) -> BenchPool:
 
 
 def _remove_pool_named(name: str) -> None:
-    """The half-made pool of an attempt that libvirtd's restart cut short, if any."""
+    """Pool `name` and its volumes, if it is still there, on a connection of its own."""
     try:
         conn = libvirt.open(LIBVIRT_URI)
     except libvirt.libvirtError:
@@ -343,7 +347,8 @@ def _measure(table: Table, area: str, cluster: Cluster, prefix: str, workers: li
         span = counter.times[-1] - sent_at
         table.add(Row(area, f"volume.create pipelined over {size} hosts ({expected:,})", f"{creates:,.0f}/s",
                       f"{creates / size:,.1f}/s per host", None, "", None))
-        table.add(Row(area, "volume.created events through the events exchange", f"{counter.command_made / span:,.0f}/s",
+        table.add(Row(area, "volume.created events through the events exchange",
+                      f"{counter.command_made / span:,.0f}/s",
                       f"{len(counter.times) - counter.command_made:,} other events meanwhile", None, "", None))
 
         rss_workers = sorted(rss(w.process.pid) for w in workers)
