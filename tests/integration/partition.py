@@ -98,14 +98,15 @@ class Partition:
     def http_status(self, port: int, path: str) -> int:
         """The HTTP status of GET path on 127.0.0.1:port inside the namespace (0: no answer within 3 s).
         Asked from inside: while the link is cut, the host cannot reach the namespace."""
-        probe = ("import sys, urllib.request, urllib.error\n"
+        probe = ("import urllib.error, urllib.request\n"
                  "try:\n"
                  f"    print(urllib.request.urlopen('http://127.0.0.1:{port}{path}', timeout=3).status)\n"
                  "except urllib.error.HTTPError as e:\n"
                  "    print(e.code)\n"
                  "except OSError:\n"
                  "    print(0)\n")
-        done = subprocess.run(self.command(sys.executable, "-c", probe), capture_output=True, text=True, timeout=30, check=False)
+        done = subprocess.run(self.command(sys.executable, "-c", probe), capture_output=True, text=True, timeout=30,
+                              check=False)
         return int(done.stdout.strip() or 0)
 
     def close(self) -> None:
