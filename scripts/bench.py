@@ -1,6 +1,6 @@
 """Benchmarks of the worker, each beside a baseline measured in the same run (see scripts/bench).
 
-    scripts/bench [--only commands,transfers,events,scale,clones] [--markdown FILE]
+    scripts/bench [--only commands,transfers,events,scale,clones,fleet] [--fleet 10,50] [--markdown FILE]
 
 Areas:
 - commands: volume.info and create+delete through the whole path (client -> broker -> worker ->
@@ -12,6 +12,9 @@ Areas:
 - scale: pools of 100, 1 000 and 10 000 volumes: volume.list latency, re-listing time, memory.
 - clones: a 1 GiB volume cloned by reflink and by the worker's copy against libvirt's own clone of
   it, on loop-mounted xfs (reflink=1) and ext4 (scripts/benchmarks/clones.py).
+- fleet (only when asked for): N workers with distinct host ids on the three-node dev cluster —
+  memory, connections, aggregate volume.info, events, resume after a node kill
+  (scripts/benchmarks/fleet.py).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from benchmarks.clones import bench_clones  # noqa: E402
 from benchmarks.common import (GiB, IMAGES, MiB, BenchPool, CpuMeter, Requester, Row, Table,  # noqa: E402
                                WorkerProcess, best_of, call_timed, command, histogram_buckets, histogram_quantile,
                                ms, percentile, settle, timed)
+from benchmarks.fleet import bench_fleet  # noqa: E402
 from benchmarks.floors import BarePika, libvirt_create_delete, libvirt_volume_info, p50_p99  # noqa: E402
 
 
@@ -372,9 +376,17 @@ def _reconcile_seconds(worker: WorkerProcess) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="commands,events,scale,transfers,clones")
+    parser.add_argument("--fleet", default="10,50", help="fleet sizes (workers) for --only fleet")
     parser.add_argument("--markdown", help="also write the table as Markdown to this file")
     ns = parser.parse_args()
     areas = set(ns.only.split(","))
+    unknown = areas - {"commands", "events", "scale", "transfers", "clones", "fleet"}
+    if unknown:
+        parser.error(f"unknown area(s) {', '.join(sorted(unknown))} in --only {ns.only!r}")
+    try:
+        fleet_sizes = [int(n) for n in ns.fleet.split(",")]
+    except ValueError:
+        parser.error(f"--fleet takes worker counts separated by commas, got {ns.fleet!r}")
     tag = uuid.uuid4().hex[:6]
     root = IMAGES / f"storage-worker-bench-{tag}"
     root.mkdir(parents=True)
@@ -403,6 +415,8 @@ def main() -> int:
                 run(worker)
             finally:
                 worker.stop()
+        if "fleet" in areas:
+            bench_fleet(table, root, tag, fleet_sizes)
     finally:
         pool.remove()
         subprocess.run(["rm", "-rf", str(root)], check=False)

@@ -114,6 +114,9 @@ class Worker:
             problems.append("the worker is stopping")
         if not self.link.is_ready:
             problems.append("the broker channels are not open")
+        elif (heartbeat := self.settings.amqp_heartbeat) and (silent := self.link.silent_for()) > heartbeat:
+            problems.append(f"the broker has sent nothing for {silent:.0f} s, longer than the heartbeat timeout "
+                            f"({heartbeat} s): the link to it may be cut")
         if self.link.blocked:
             problems.append("the broker blocks publishing (a memory or disk alarm)")
         if not self.gateway.connected:

@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,11 @@ CLI = str(Path(sys.executable).with_name("storage-worker"))
 
 class WorkerProcess:
     def __init__(self, *, host_id: str, prefix: str, state_dir: Path, allowed_root: Path, log_path: Path,
-                 **settings: Any):
+                 launcher: Sequence[str] = (), **settings: Any):
+        """`launcher`: argv the worker runs under, e.g. `ip netns exec NS` (it must exec the worker, so
+        that signals reach it); settings: STORAGE_WORKER_<NAME> values over the defaults here."""
         self.host_id = host_id
+        self.launcher = list(launcher)
         self.prefix = prefix
         self.env = {**os.environ, "STORAGE_WORKER_HOST_ID": host_id, "STORAGE_WORKER_PREFIX": prefix,
                     "STORAGE_WORKER_AMQP_URL": AMQP_URL, "STORAGE_WORKER_STATE_DIR": str(state_dir),
@@ -39,7 +43,7 @@ class WorkerProcess:
 
     def start(self) -> "WorkerProcess":
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([CLI, "run"], env=self.env, stdout=log, stderr=log)
+        self.process = subprocess.Popen([*self.launcher, CLI, "run"], env=self.env, stdout=log, stderr=log)
         self.starts += 1
         return self
 

@@ -34,6 +34,7 @@ from worker.transport.consumer import Consumer
 from worker.transport.outbox import Outbox
 from worker.transport.parameters import where
 from worker.transport.port import Delivery, Outgoing
+from worker.transport.silence import Silence
 from worker.transport.topology import Declaration
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class AmqpLink:
         self._failures = 0  # connection attempts failed (or connections lost) since the link was last ready
         self._stopping = False
         self._ready = threading.Event()
+        self._silence = Silence()
         self._stopped = threading.Event()
         self.blocked = False
 
@@ -89,6 +91,10 @@ class AmqpLink:
     @property
     def is_ready(self) -> bool:
         return self._ready.is_set()
+
+    def silent_for(self) -> float:
+        """Seconds the broker has sent nothing on the current connection (worker/transport/silence.py)."""
+        return self._silence.seconds(self._connection)
 
     @property
     def threads(self) -> list[threading.Thread]:

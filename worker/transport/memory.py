@@ -52,6 +52,9 @@ class MemoryLink:
     def is_ready(self) -> bool:
         return self._thread.is_alive()
 
+    def silent_for(self) -> float:
+        return 0.0  # nothing between the worker and this broker can be cut
+
     @property
     def threads(self) -> list[threading.Thread]:
         return [self._thread]
