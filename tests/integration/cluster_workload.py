@@ -130,27 +130,32 @@ class ClusterWorkload:
         properties = pika.BasicProperties(content_type="application/json", delivery_mode=2, message_id=command_id,
                                           reply_to=self.queues["replies"], correlation_id=command_id)
         end = time.monotonic() + timeout
-        attempts = 0
+        attempts = 0  # publishes that may have reached a node (connecting to none is not one)
         while True:
+            if time.monotonic() > end:
+                raise AssertionError(f"command {command_id} ({op}) not confirmed by any node within {timeout} s")
+            try:
+                channel = self._publish_channel()
+            except CONNECTION_TROUBLE:
+                self._drop_connection()
+                time.sleep(0.2)
+                continue
             attempts += 1
             try:
-                self._publish_channel().basic_publish(f"{self.prefix}.commands", host, body, properties,
-                                                      mandatory=True)
+                channel.basic_publish(f"{self.prefix}.commands", host, body, properties, mandatory=True)
                 break
             except (pika.exceptions.NackError, pika.exceptions.UnroutableError):
                 # a quorum queue without a leader (an election) nacks; RabbitMQ 3.10 may go on
                 # nacking the channel that published then, so the next try gets a new one
                 try:
-                    if self._channel is not None and self._channel.is_open:
-                        self._channel.close()
+                    if channel.is_open:
+                        channel.close()
                 except CONNECTION_TROUBLE:
                     self._drop_connection()
                 self._channel = None
             except CONNECTION_TROUBLE:
                 self._drop_connection()
-            if time.monotonic() > end:
-                raise AssertionError(f"command {command_id} ({op}) not confirmed by any node within {timeout} s")
-            time.sleep(0.1)
+            time.sleep(min(1.0, 0.1 * attempts))
         with self._lock:
             self.resends += attempts - 1
             self.sent[command_id] = (host, op, args)
@@ -241,17 +246,23 @@ class ClusterWorkload:
         return Counter(self.result(c)["status"] for c in self.sent if self.originals(c))
 
     def resumed_after(self, moment: float) -> float | None:
-        """Seconds from `moment` until every host had answered a command sent after it (None when
-        one never did): how long the fault held up the slowest host."""
-        firsts: dict[str, float] = {}
+        """How long the fault held results up: the longest silence between two results of one host
+        from the last result before `moment` on, over both hosts (None: no result came after it)."""
+        by_host: dict[str, list[float]] = defaultdict(list)
         with self._lock:
             for at, command_id in self.arrivals.first_results:
-                host = self.sent[command_id][0] if command_id in self.sent else None
-                if host is not None and self.sent_at[command_id] > moment and host not in firsts:
-                    firsts[host] = at
-        if set(firsts) != set(self.hosts):
-            return None
-        return max(firsts.values()) - moment
+                if command_id in self.sent:
+                    by_host[self.sent[command_id][0]].append(at)
+        longest = None
+        for times in by_host.values():
+            before = [at for at in times if at < moment]
+            after = sorted(at for at in times if at >= moment)
+            if not after:
+                return None
+            points = before[-1:] + after
+            gap = max(b - a for a, b in zip([moment] + points, points))
+            longest = gap if longest is None else max(longest, gap)
+        return longest
 
     def close(self, delete_queues: bool = True) -> None:
         self._stop.set()

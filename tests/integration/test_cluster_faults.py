@@ -10,12 +10,14 @@ equal to what succeeded, one event for each change and none left in a journal's 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.integration.cluster import RabbitCluster
 from tests.integration.cluster_rig import ClusterRig
+from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,3 +42,65 @@ def test_sigkill_of_the_active_workers_node(rig):
     rig.run(kill)
     assert active.running() and standby.running() and other.running()
     rig.check(f"SIGKILL node {victim} (the active worker's)")
+
+
+def test_sigkill_of_the_leader_of_the_command_queue(rig):
+    active, standby, other = rig.start_workers()
+    leader = rig.cluster.leader(rig.command_queue(rig.hosts[0]))
+
+    def kill():
+        rig.hit()
+        rig.cluster.kill(leader)
+
+    rig.run(kill)
+    assert rig.cluster.leader(rig.command_queue(rig.hosts[0])) != leader, "another node leads the queue"
+    assert active.running() and standby.running() and other.running()
+    rig.check(f"SIGKILL node {leader} (the command queue's leader)")
+
+
+def test_rolling_restart_of_all_three_nodes(rig):
+    active, standby, other = rig.start_workers()
+
+    def rolling_restart():
+        rig.hit()
+        for node in (1, 2, 3):
+            rig.cluster.halt(node)
+            rig.cluster.restart(node)
+
+    rig.run(rolling_restart, seconds=10, at=(0.1, 0.2))
+    assert active.running() and standby.running() and other.running()
+    rig.check("rolling restart of nodes 1, 2, 3")
+
+
+def test_minority_partition_of_the_active_workers_node(rig):
+    active, standby, other = rig.start_workers()
+    victim = rig.connected_node(active)
+    moved = []
+
+    def cut():
+        rig.hit()
+        rig.cluster.cut(victim)
+        try:
+            wait_for(lambda: rig.connected_node(active) != victim and rig.connected_node(standby) != victim, 60,
+                     f"host a's workers to leave node {victim}")
+            moved.append(time.monotonic() - rig.fault_at)
+        finally:
+            rig.cluster.heal(victim)
+
+    rig.run(cut, seconds=8, at=(0.2, 0.3))
+    assert active.running() and standby.running() and other.running()
+    rig.check(f"minority partition of node {victim} (the active worker's), healed after {moved[0]:.0f} s")
+    rig.cluster.wait_formed(120)
+
+
+def test_whole_cluster_stopped_and_started(rig):
+    active, standby, other = rig.start_workers()
+
+    def stop_and_start():
+        rig.hit()
+        rig.cluster.halt("all")
+        rig.cluster.start()
+
+    rig.run(stop_and_start, seconds=8, at=(0.3, 0.4))
+    assert active.running() and standby.running() and other.running()
+    rig.check("whole cluster stopped (SIGTERM) and started")
