@@ -208,7 +208,10 @@ class ClusterRig:
         REPORT.append(line)
         assert sent == 4 * VOLUMES * len(self.hosts)
         assert lost == [], f"{len(lost)} commands got no result, e.g. {lost[:3]}"
-        assert workload.conflicting() == [], "an id got two different non-duplicate results"
+        conflicting = workload.conflicting()
+        assert conflicting == [], (f"{len(conflicting)} ids got two different non-duplicate results, e.g. "
+                                   f"{workload.sent[conflicting[0]][1] if conflicting else ''}: "
+                                   f"{[workload.originals(c) for c in conflicting[:1]]}")
         assert workload.double_side_effects() == [], "a command's side effect happened twice"
         assert workload.resends <= resends_at_most, "re-sends are bounded"
         assert dict(workload.statuses()) == {"succeeded": sent}

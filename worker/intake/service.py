@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from messages.operations import OPERATIONS
 from messages.results import ErrorCode, Status
@@ -30,13 +31,16 @@ from worker.intake.inflight import InFlight, InFlightTable
 from worker.intake.intake import Intake
 from worker.intake.policy import Policy
 from worker.intake.settlement import Settlement
-from worker.state.journal import Journal
+from worker.state.journal import Journal, State
 from worker.telemetry.logs import command_context
 from worker.telemetry.metrics import Metrics
 from worker.transport.port import Delivery, Link
 from worker.transport.results import ResultPublisher
 
 log = logging.getLogger(__name__)
+
+OTHER_RUN_POLL = 0.2  # seconds between looks at the journal while another process runs a command
+OTHER_RUN_PUBLISH_WAIT = 30.0  # seconds its result may stay unconfirmed before this process publishes it
 
 
 class CommandService:
@@ -47,6 +51,8 @@ class CommandService:
         self._scheduler = scheduler
         self._runner = runner
         self._host = topology.host
+        self._owner = owner
+        self._timings = timings
         self.flights = InFlightTable()
         self._settlement = Settlement(link=link, journal=journal, results=ResultPublisher(link, topology),
                                       flights=self.flights, metrics=metrics, host=topology.host)
@@ -106,10 +112,37 @@ class CommandService:
                                   f"the deadline {command.deadline.isoformat()} passed before the command "
                                   f"could start at {started_at.isoformat()}", flight.received_at)
         else:
-            if not OPERATIONS[command.op].read_only:  # a read has nothing to reconcile after a crash
-                self._journal.start(command.id)
+            # A read has nothing to reconcile after a crash: it is neither claimed nor marked running.
+            if not OPERATIONS[command.op].read_only and not self._claimed(flight):
+                return
             result = self._runner.run(command, received_at=flight.received_at, started_at=started_at,
                                       cancel=job.cancel_requested)
         log.info("command finished", extra={"command_id": command.id, "op": command.op,
                                             "status": result.status.value, "attempts": result.attempts})
         self._settlement.finish(flight, result)
+
+    def _claimed(self, flight: InFlight) -> bool:
+        """Claim the command's run (worker/state/journal.py `start`). While another live process of
+        this host runs it, wait here, holding the command's claims so that later commands on its
+        volume wait too: once that run has finished and its result is confirmed (or that process
+        is gone), answer from the journal; False when answered so."""
+        command = flight.command
+        holder = self._journal.start(command.id, self._owner, self._timings.stale_after)
+        if holder is None:
+            return True
+        log.info("another process of this host runs the command; waiting for its result",
+                 extra={"command_id": command.id, "op": command.op, "runner": holder})
+        finished_at = None
+        while True:
+            time.sleep(OTHER_RUN_POLL)
+            entry = self._journal.get(command.id)
+            if entry is not None and entry.state is State.finished and entry.result is not None:
+                finished_at = finished_at or time.monotonic()
+                # its process publishes the result; a copy goes out from here if it cannot
+                if entry.published or time.monotonic() - finished_at > OTHER_RUN_PUBLISH_WAIT:
+                    self._settlement.from_other_run(flight, entry)
+                    return False
+            elif self._journal.start(command.id, self._owner, self._timings.stale_after) is None:
+                log.info("the process that ran the command is gone; running it here",
+                         extra={"command_id": command.id, "op": command.op, "runner": holder})
+                return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 
 from worker.transport.port import Outgoing
 
@@ -36,8 +37,19 @@ class Outbox:
     def sent(self, message: Outgoing) -> None:
         """`message` went out on the publish channel; its confirm is awaited."""
         message.attempts += 1
+        message.sent_at = time.monotonic()
         self._next_tag += 1
         self._unconfirmed[self._next_tag] = message
+
+    @property
+    def unconfirmed(self) -> int:
+        return len(self._unconfirmed)
+
+    def oldest_unconfirmed_age(self) -> float | None:
+        """Seconds the oldest publish has waited for its confirm; None when none waits."""
+        if not self._unconfirmed:
+            return None
+        return time.monotonic() - next(iter(self._unconfirmed.values())).sent_at
 
     def confirmed(self, tag: int, multiple: bool) -> list[Outgoing]:
         """The publishes a broker confirm (ack or nack) settles, in publish order."""
