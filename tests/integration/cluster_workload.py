@@ -268,11 +268,15 @@ class ClusterWorkload:
         self._stop.set()
         self._reader.join(timeout=10)
         if delete_queues:
-            def delete(channel):
-                for name in self.queues.values():
-                    channel.queue_delete(name)
-            try:
-                self._retrying(delete, timeout=20)
-            except CONNECTION_TROUBLE:
-                pass
+            self.delete_queues()
+        self._drop_connection()
+
+    def delete_queues(self) -> None:
+        def delete(channel):
+            for name in self.queues.values():
+                channel.queue_delete(name)
+        try:
+            self._retrying(delete, timeout=20)
+        except CONNECTION_TROUBLE:
+            pass
         self._drop_connection()

@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from messages.command import Command, CommandRejected, Undecodable, decode
@@ -38,6 +39,18 @@ log = logging.getLogger(__name__)
 
 _RESUME = object()  # resume orphans of dead owners
 _STOP = object()
+# Seconds a redelivered read that the journal does not know waits before it runs: the process that
+# had it first (a hot standby's peer that lost its connection) writes the results of its reads with
+# its heartbeat (worker/intake/custody.py), and a read it finished is answered from there, so one
+# read never gets two different answers.
+READ_TAKEOVER_WAIT = 3.0
+
+
+@dataclass(frozen=True)
+class _Rechecked:
+    """A redelivered read, back after READ_TAKEOVER_WAIT."""
+
+    delivery: Delivery
 
 
 class Intake:
@@ -93,8 +106,11 @@ class Intake:
             if item is _RESUME:
                 self._custody.resume_orphans(self.schedule)
                 continue
+            rechecked = isinstance(item, _Rechecked)
+            if rechecked:
+                item = item.delivery
             try:
-                self._accept(item)
+                self._accept(item, rechecked)
             except Exception:
                 # Our own bug: give the message back; the queue's delivery limit dead-letters it if it
                 # keeps failing, so one poison message cannot stall the worker.
@@ -102,7 +118,7 @@ class Intake:
                               extra={"delivery_tag": item.delivery_tag})
                 self._link.requeue(item)
 
-    def _accept(self, delivery: Delivery) -> None:
+    def _accept(self, delivery: Delivery, rechecked: bool = False) -> None:
         received_at = utcnow()
         try:
             command = decode(delivery.body)
@@ -122,6 +138,11 @@ class Intake:
             # A read leaves nothing to reconcile after a crash: it is written once, with its result
             # (`finish_later`), or when the journal takes custody of it.
             new = not self._journal.known(command.id)
+            if new and delivery.redelivered and not rechecked:
+                timer = threading.Timer(READ_TAKEOVER_WAIT, self._queue.put, args=(_Rechecked(delivery),))
+                timer.daemon = True
+                timer.start()
+                return
         else:
             # The insert tells a new id from a known one: no look-up on the common path.
             new = self._journal.receive(command.id, command.fingerprint, command.op, body=delivery.body,
