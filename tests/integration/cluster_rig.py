@@ -26,6 +26,7 @@ from tests.integration.cluster import RabbitCluster
 from tests.integration.cluster_workload import CONNECTION_TROUBLE, ClusterWorkload, parameters
 from tests.integration.conftest import remove_pools, wait_for
 from tests.integration.processes import WorkerProcess
+from messages.client import StorageClient
 from worker.config import Settings
 
 MiB = 2**20
@@ -157,6 +158,23 @@ class ClusterRig:
     def hit(self) -> None:
         """The moment the fault hits: time to resume counts from here."""
         self.fault_at = time.monotonic()
+
+    def calls_through_the_client(self, host: str, until: threading.Event) -> tuple[threading.Thread, list]:
+        """StorageClient.call("pool.info") for `host` over and over, on a thread, until `until` is
+        set; the list gets each call's status, or the exception that ended the calls."""
+        outcomes: list = []
+
+        def call() -> None:
+            try:
+                with StorageClient(self.cluster.url_list, host_id=host, prefix=self.prefix) as client:
+                    while not until.is_set():
+                        outcomes.append(client.call("pool.info", {"name": self.pools[host]}, timeout=90).status.value)
+            except Exception as error:  # noqa: BLE001 - reported by the test
+                outcomes.append(error)
+
+        thread = threading.Thread(target=call, name="storage-client-calls")
+        thread.start()
+        return thread, outcomes
 
     # ---- checks ------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ equal to what succeeded, one event for each change and none left in a journal's 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -52,10 +53,19 @@ def test_sigkill_of_the_leader_of_the_command_queue(rig):
         rig.hit()
         rig.cluster.kill(leader)
 
-    rig.run(kill)
+    # StorageClient calls go on across the election: a nacked command is sent again on a new channel,
+    # a lost connection replaced through another node.
+    done = threading.Event()
+    caller, outcomes = rig.calls_through_the_client(rig.hosts[0], done)
+    try:
+        rig.run(kill)
+    finally:
+        done.set()
+        caller.join(timeout=120)
+    assert outcomes and set(outcomes) == {"succeeded"}, outcomes[-3:]
     assert rig.cluster.leader(rig.command_queue(rig.hosts[0])) != leader, "another node leads the queue"
     assert active.running() and standby.running() and other.running()
-    rig.check(f"SIGKILL node {leader} (the command queue's leader)")
+    rig.check(f"SIGKILL node {leader} (the command queue's leader); {len(outcomes)} StorageClient calls")
 
 
 def test_rolling_restart_of_all_three_nodes(rig):
