@@ -1,10 +1,15 @@
 """The outbox's event buffer while no channel is open: bounded, oldest dropped first, counted;
-results are never dropped and go out first."""
+results are never dropped and go out first; the age of the oldest unconfirmed publish (the link
+replaces a publish channel whose confirms stop coming)."""
 
 from __future__ import annotations
 
-import pika
+import time
 
+import pika
+import pika.exceptions
+
+from worker.transport.link import node_down
 from worker.transport.outbox import Outbox
 from worker.transport.port import Outgoing
 
@@ -48,3 +53,25 @@ def test_a_multiple_confirm_settles_every_publish_up_to_its_tag():
         outbox.sent(message(name, droppable=False))
     assert [m.routing_key for m in outbox.confirmed(2, multiple=True)] == ["a", "b"]
     assert len(outbox) == 1
+
+
+def test_the_oldest_unconfirmed_publish_tells_how_long_a_confirm_is_overdue(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    outbox = Outbox(event_buffer=10)
+    assert outbox.oldest_unconfirmed_age() is None
+    outbox.sent(message("a", droppable=False))
+    clock[0] += 4
+    outbox.sent(message("b", droppable=True))
+    clock[0] += 7
+    assert outbox.oldest_unconfirmed_age() == 11 and outbox.unconfirmed == 2
+    outbox.confirmed(1, multiple=False)
+    assert outbox.oldest_unconfirmed_age() == 7
+
+
+def test_a_queue_on_a_node_that_is_down_is_no_refused_topology():
+    refused = pika.exceptions.ChannelClosedByBroker(406, "PRECONDITION_FAILED - inequivalent arg 'x-queue-type'")
+    down = pika.exceptions.ChannelClosedByBroker(404, "NOT_FOUND - home node 'rabbit@n3' of durable queue "
+                                                      "'storage.events.stream' in vhost '/' is down or inaccessible")
+    assert not node_down(refused)
+    assert node_down(down)

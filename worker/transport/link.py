@@ -54,7 +54,7 @@ class TopologyError(RuntimeError):
     """The broker refused the topology (e.g. a queue exists with other arguments): fatal."""
 
 
-def _node_down(reason: Exception) -> bool:
+def node_down(reason: Exception) -> bool:
     """A refusal that passes: a queue whose node is down (a cluster starting, a node restarting)
     cannot be declared yet, e.g. "NOT_FOUND - home node 'rabbit@n3' of durable queue 'q' in vhost
     '/' is down or inaccessible"."""
@@ -272,7 +272,7 @@ class AmqpLink:
         if self._connection is None or not self._connection.is_open:
             return
         code = getattr(reason, "reply_code", 0)
-        if code in (404, 406) and not self._ready.is_set() and not _node_down(reason):
+        if code in (404, 406) and not self._ready.is_set() and not node_down(reason):
             error = TopologyError(f"the broker refused the topology: {getattr(reason, 'reply_text', reason)}")
             log.error(str(error))
             self._stopping = True
