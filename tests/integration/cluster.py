@@ -141,6 +141,10 @@ class RabbitCluster:
         """rabbitmqctl against node n; its stdout."""
         return self.run("ctl", str(n), *args).stdout
 
+    def plugins(self, n: int, *args: str) -> str:
+        """rabbitmq-plugins against node n; its stdout."""
+        return self.run("plugins", str(n), *args).stdout
+
     def status(self) -> str:
         return self.run("status", check=False).stdout
 

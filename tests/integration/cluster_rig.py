@@ -265,9 +265,14 @@ class ClusterRig:
         self.delete_broker_objects()
 
     def delete_broker_objects(self) -> None:
-        topologies = [Settings(host_id=host, prefix=self.prefix).topology for host in self.hosts]
+        self.delete_topologies(self.cluster, self.prefix, self.hosts)
+
+    @staticmethod
+    def delete_topologies(cluster: RabbitCluster, prefix: str, hosts: list[str]) -> None:
+        """The queues and exchanges workers of these hosts declared."""
+        topologies = [Settings(host_id=host, prefix=prefix).topology for host in hosts]
         try:
-            connection = pika.BlockingConnection(parameters(self.cluster.urls, "cluster-rig cleanup"))
+            connection = pika.BlockingConnection(parameters(cluster.urls, "cluster-rig cleanup"))
         except CONNECTION_TROUBLE:
             return
         try:
