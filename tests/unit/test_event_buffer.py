@@ -75,3 +75,22 @@ def test_a_queue_on_a_node_that_is_down_is_no_refused_topology():
                                                       "'storage.events.stream' in vhost '/' is down or inaccessible")
     assert not node_down(refused)
     assert node_down(down)
+
+
+def test_a_direct_reply_that_ended_the_connection_twice_is_dropped_and_settled():
+    confirmed = []
+    outbox = Outbox(event_buffer=10)
+    reply = Outgoing("", "amq.rabbitmq.reply-to.g1h2AA.abc", b"{}", pika.BasicProperties(),
+                     on_confirmed=lambda: confirmed.append("reply"))
+    result = Outgoing("storage.results", "kvm-01.volume.info.succeeded", b"{}", pika.BasicProperties())
+    for attempt in (1, 2):
+        outbox.new_channel()
+        outbox.sent(reply)
+        outbox.sent(result)
+        outbox.take_back_unconfirmed()
+        waiting = outbox.take_waiting()
+        if attempt == 1:
+            assert [m.routing_key for m in waiting] == [reply.routing_key, result.routing_key]
+            assert confirmed == []
+    assert [m.routing_key for m in waiting] == [result.routing_key], "the results exchange copy still goes out"
+    assert confirmed == ["reply"], "the command settles without it"

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 30.0
+STABLE_AFTER = 5.0  # seconds a connection must last before the reconnect backoff starts over
 NACKS_BEFORE_NEW_CHANNEL = 5  # nacks in a row after which the publish channel is replaced
 CONFIRM_TIMEOUT = 10.0  # seconds a publish may wait for its confirm before the publish channel is replaced
 CONFIRM_CHECK_EVERY = 2.0
@@ -344,13 +345,21 @@ class AmqpLink:
 
     def _start_consuming(self, channel: Any) -> None:
         self._consumer.start(channel, self._on_message)
-        self._backoff = RECONNECT_MIN
-        self._failures = 0
+        connection = self._connection
+        # The backoff starts over only once this connection has lasted: one the broker closes at
+        # once, again and again (a node that cannot serve a queue yet), must not be retried at full
+        # speed, for every lost channel hands the commands in flight back and counts a delivery.
+        self._ioloop.call_later(STABLE_AFTER, lambda: self._stable(connection))
         self._ready.set()
         log.info("consuming", extra={"queue": self._queue, "prefetch": self._prefetch})
         self._flush_outbox()
         if self._on_connected is not None:
             self._on_connected()
+
+    def _stable(self, connection: Any) -> None:
+        if connection is self._connection and self._ready.is_set():
+            self._backoff = RECONNECT_MIN
+            self._failures = 0
 
     def _on_consume_channel_closed(self, channel: Any, reason: Exception) -> None:
         if channel is not self._consumer.channel:

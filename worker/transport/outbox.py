@@ -16,6 +16,14 @@ from worker.transport.port import Outgoing
 
 log = logging.getLogger(__name__)
 
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to."
+# Publishes of a reply to a direct reply-to address before it is given up. RabbitMQ 3.10 closes the
+# whole connection (541 INTERNAL_ERROR) on a reply to a requester whose channel was on a node that
+# died, and the same reply sent again after the reconnect closes it again: a loop that also spends
+# the delivery count of every command in flight. That requester is gone, and the result is on the
+# results exchange, so the second lost connection ends it.
+DIRECT_REPLY_ATTEMPTS = 2
+
 
 class Outbox:
     def __init__(self, event_buffer: int):
@@ -68,7 +76,7 @@ class Outbox:
         """The channel is gone: what it had not confirmed waits again, at the front, in order."""
         if not self._unconfirmed:
             return
-        waiting = list(self._unconfirmed.values())
+        waiting = [m for m in self._unconfirmed.values() if not _given_up(m)]
         self._unconfirmed.clear()
         self._events.extendleft(reversed([m for m in waiting if m.droppable]))
         self._results.extendleft(reversed([m for m in waiting if not m.droppable]))
@@ -88,3 +96,16 @@ class Outbox:
             if self.dropped_events == 1 or self.dropped_events % 1000 == 0:
                 log.warning("event buffer full while the broker is unreachable; dropping the oldest events",
                             extra={"dropped_total": self.dropped_events, "buffer": self._event_buffer})
+
+
+def _given_up(message: Outgoing) -> bool:
+    """A direct reply whose publishes were each followed by a lost connection: dropped (its
+    confirm callback runs, so the command settles), never sent again."""
+    if message.exchange or not message.routing_key.startswith(DIRECT_REPLY_TO) \
+            or message.attempts < DIRECT_REPLY_ATTEMPTS:
+        return False
+    log.warning("dropping a reply to a direct reply-to address: its publishes ended the broker connection",
+                extra={"routing_key": message.routing_key, "attempts": message.attempts})
+    if message.on_confirmed is not None:
+        message.on_confirmed()
+    return True
