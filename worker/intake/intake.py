@@ -119,6 +119,8 @@ class Intake:
                 self._link.requeue(item)
 
     def _accept(self, delivery: Delivery, rechecked: bool = False) -> None:
+        if self._link.lost(delivery):
+            return  # its channel is gone: the broker gives the message to a consumer again
         received_at = utcnow()
         try:
             command = decode(delivery.body)

@@ -93,6 +93,22 @@ class CommandService:
                         self._link.requeue(delivery)
         return len(unstarted)
 
+    def forget_lost_unstarted(self) -> None:
+        """The consume channel is gone: commands that have not started and came only by it leave
+        the queue of executors, for the broker gives them to the consumer that takes over (a hot
+        standby, or this worker again); run here later, they would run after commands sent after
+        them. Commands the journal holds stay."""
+        def lost(job: Job) -> bool:
+            flight = self.flights.get(job.id)
+            return flight is not None and flight.delivery is not None and \
+                all(self._link.lost(d) for d in [flight.delivery, *flight.repeats])
+
+        forgotten = self._scheduler.withdraw_where(lost)
+        for job in forgotten:
+            self.flights.pop(job.id)
+        if forgotten:
+            log.info("left unstarted commands of a lost channel to the broker", extra={"commands": len(forgotten)})
+
     def retire(self) -> None:
         """A clean stop: anything this owner still holds is an orphan for the next start."""
         self._custody.retire()
