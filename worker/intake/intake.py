@@ -15,7 +15,6 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 
 from messages.command import Command, CommandRejected, Undecodable, decode
@@ -39,20 +38,6 @@ log = logging.getLogger(__name__)
 
 _RESUME = object()  # resume orphans of dead owners
 _STOP = object()
-# Seconds a redelivered read that the journal does not know waits before it runs: the process that
-# had it first (a hot standby's peer that lost its connection) writes the results of its reads with
-# its heartbeat (worker/intake/custody.py), and a read it finished is answered from there, so one
-# read never gets two different answers.
-READ_TAKEOVER_WAIT = 3.0
-
-
-@dataclass(frozen=True)
-class _Rechecked:
-    """A redelivered read, back after READ_TAKEOVER_WAIT."""
-
-    delivery: Delivery
-
-
 class Intake:
     def __init__(self, *, link: Link, journal: Journal, flights: InFlightTable, settlement: Settlement,
                  custody: Custody, scheduler: Scheduler, policy: Policy, host: str,
@@ -93,7 +78,8 @@ class Intake:
     def schedule(self, flight: InFlight) -> None:
         command = flight.command
         self._flights.add(flight)
-        if not self._scheduler.submit(Job(id=command.id, claims=claims_for(command), run=self._execute)):
+        claims = claims_for(command, reading=flight.peer_may_answer)
+        if not self._scheduler.submit(Job(id=command.id, claims=claims, run=self._execute)):
             self._flights.pop(command.id)
             if flight.delivery is not None:
                 self._link.requeue(flight.delivery)
@@ -106,11 +92,8 @@ class Intake:
             if item is _RESUME:
                 self._custody.resume_orphans(self.schedule)
                 continue
-            rechecked = isinstance(item, _Rechecked)
-            if rechecked:
-                item = item.delivery
             try:
-                self._accept(item, rechecked)
+                self._accept(item)
             except Exception:
                 # Our own bug: give the message back; the queue's delivery limit dead-letters it if it
                 # keeps failing, so one poison message cannot stall the worker.
@@ -118,7 +101,7 @@ class Intake:
                               extra={"delivery_tag": item.delivery_tag})
                 self._link.requeue(item)
 
-    def _accept(self, delivery: Delivery, rechecked: bool = False) -> None:
+    def _accept(self, delivery: Delivery) -> None:
         if self._link.lost(delivery):
             return  # its channel is gone: the broker gives the message to a consumer again
         received_at = utcnow()
@@ -140,11 +123,6 @@ class Intake:
             # A read leaves nothing to reconcile after a crash: it is written once, with its result
             # (`finish_later`), or when the journal takes custody of it.
             new = not self._journal.known(command.id)
-            if new and delivery.redelivered and not rechecked:
-                timer = threading.Timer(READ_TAKEOVER_WAIT, self._queue.put, args=(_Rechecked(delivery),))
-                timer.daemon = True
-                timer.start()
-                return
         else:
             # The insert tells a new id from a known one: no look-up on the common path.
             new = self._journal.receive(command.id, command.fingerprint, command.op, body=delivery.body,
@@ -169,7 +147,9 @@ class Intake:
             self._control(delivery, command, received_at)
             return
         flight = InFlight(command=command, received_at=received_at, reply_to=to, correlation_id=correlation_id,
-                          delivery=delivery)
+                          delivery=delivery,
+                          # a read that comes back may have been answered by a peer that lost its link
+                          peer_may_answer=operation.read_only and delivery.redelivered)
         if operation.long_running:
             self._custody.take(flight)
         self.schedule(flight)

@@ -39,6 +39,12 @@ from worker.transport.results import ResultPublisher
 
 log = logging.getLogger(__name__)
 
+# Seconds a redelivered read the journal does not know waits before it runs: the process that had
+# it first (a hot standby's peer that lost its connection) writes the results of its reads with its
+# heartbeat (worker/intake/custody.py), and a read it finished is answered from there, so one read
+# never gets two different answers. It waits holding shared claims on what it reads, so later
+# writes of that volume wait for it.
+READ_TAKEOVER_WAIT = 3.0
 OTHER_RUN_POLL = 0.2  # seconds between looks at the journal while another process runs a command
 OTHER_RUN_PUBLISH_WAIT = 30.0  # seconds its result may stay unconfirmed before this process publishes it
 
@@ -131,11 +137,21 @@ class CommandService:
             # A read has nothing to reconcile after a crash: it is neither claimed nor marked running.
             if not OPERATIONS[command.op].read_only and not self._claimed(flight):
                 return
+            if flight.peer_may_answer and self._answered_by_peer(flight):
+                return
             result = self._runner.run(command, received_at=flight.received_at, started_at=started_at,
                                       cancel=job.cancel_requested)
         log.info("command finished", extra={"command_id": command.id, "op": command.op,
                                             "status": result.status.value, "attempts": result.attempts})
         self._settlement.finish(flight, result)
+
+    def _answered_by_peer(self, flight: InFlight) -> bool:
+        time.sleep(READ_TAKEOVER_WAIT)
+        entry = self._journal.get(flight.command.id)
+        if entry is None or entry.state is not State.finished or entry.result is None:
+            return False
+        self._settlement.from_other_run(flight, entry)
+        return True
 
     def _claimed(self, flight: InFlight) -> bool:
         """Claim the command's run (worker/state/journal.py `start`). While another live process of
