@@ -167,7 +167,7 @@ class ClusterRig:
         def call() -> None:
             try:
                 with StorageClient(self.cluster.url_list, host_id=host, prefix=self.prefix) as client:
-                    while not until.is_set():
+                    while not until.wait(0.05):
                         outcomes.append(client.call("pool.info", {"name": self.pools[host]}, timeout=90).status.value)
             except Exception as error:  # noqa: BLE001 - reported by the test
                 outcomes.append(error)

@@ -94,3 +94,21 @@ def test_a_direct_reply_that_ended_the_connection_twice_is_dropped_and_settled()
             assert confirmed == []
     assert [m.routing_key for m in waiting] == [result.routing_key], "the results exchange copy still goes out"
     assert confirmed == ["reply"], "the command settles without it"
+
+
+def test_a_direct_reply_unconfirmed_at_an_internal_error_is_given_up_with_its_address():
+    confirmed = []
+    outbox = Outbox(event_buffer=10)
+    address = "amq.rabbitmq.reply-to.g1h2AA.dead"
+
+    def reply(name: str) -> Outgoing:
+        return Outgoing("", address, b"{}", pika.BasicProperties(), on_confirmed=lambda: confirmed.append(name))
+
+    outbox.new_channel()
+    outbox.sent(reply("first"))
+    outbox.take_back_unconfirmed(broker_error=True)
+    assert outbox.take_waiting() == [] and confirmed == ["first"]
+    assert outbox.dead_reply(reply("answer to a redelivery")), "later replies to that address are not sent"
+    assert confirmed == ["first", "answer to a redelivery"]
+    other = Outgoing("", "amq.rabbitmq.reply-to.g1h2AA.alive", b"{}", pika.BasicProperties())
+    assert not outbox.dead_reply(other)

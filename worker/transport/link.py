@@ -193,20 +193,20 @@ class AmqpLink:
 
     def _on_closed(self, _connection: Any, reason: Exception) -> None:
         self._connection = None
-        self._lost_channels(f"connection closed: {reason!r}")
+        self._lost_channels(f"connection closed: {reason!r}", broker_error=getattr(reason, "reply_code", 0) == 541)
         if self._stopping:
             self._ioloop.stop()
             return
         self._schedule_reconnect("lost the broker connection", repr(reason))
 
-    def _lost_channels(self, reason: str) -> None:
+    def _lost_channels(self, reason: str, broker_error: bool = False) -> None:
         """Channels are gone: unconfirmed publishes go back to the outbox, deliveries become stale."""
         was_ready = self._ready.is_set()
         self._ready.clear()
         self._publish_channel = None
         self._replacing = False
         self._consumer.lost()
-        self._outbox.take_back_unconfirmed()
+        self._outbox.take_back_unconfirmed(broker_error)
         if was_ready and self._on_disconnected is not None:
             self._on_disconnected(reason)
 
@@ -314,6 +314,8 @@ class AmqpLink:
             self._publish(message)
 
     def _publish(self, message: Outgoing) -> None:
+        if self._outbox.dead_reply(message):
+            return
         channel = self._publish_channel
         if channel is None or not channel.is_open or not self._ready.is_set():
             self._wait(message)
