@@ -260,7 +260,7 @@ class ClusterWorkload:
             if not after:
                 return None
             points = before[-1:] + after
-            gap = max(b - a for a, b in zip([moment] + points, points))
+            gap = max(b - a for a, b in zip([moment] + points, points, strict=False))
             longest = gap if longest is None else max(longest, gap)
         return longest
 
