@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 30.0
-STABLE_AFTER = 5.0  # seconds a connection must last before the reconnect backoff starts over
+STABLE_AFTER = 1.0  # seconds a connection must last before the reconnect backoff starts over
 NACKS_BEFORE_NEW_CHANNEL = 5  # nacks in a row after which the publish channel is replaced
 CONFIRM_TIMEOUT = 10.0  # seconds a publish may wait for its confirm before the publish channel is replaced
 CONFIRM_CHECK_EVERY = 2.0
