@@ -26,7 +26,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pika
-from pika.exceptions import AMQPConnectionError, ChannelClosedByBroker, ChannelWrongStateError, UnroutableError
+from pika.exceptions import (AMQPConnectionError, ChannelClosedByBroker, ChannelWrongStateError, NackError,
+                             UnroutableError)
 from pydantic import ValidationError
 
 from messages.brokers import broker_urls, shuffled
@@ -39,6 +40,7 @@ from messages.topology import Topology
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 # What losing the broker connection (or the node it went to) looks like to a blocking client.
 CONNECTION_LOST = (AMQPConnectionError, ChannelWrongStateError)
+NACK_RETRY = 0.1  # seconds before a nacked command is sent again
 STREAM_PREFETCH = 1000  # a stream consumer needs one (basic.qos); acks only return credit
 
 
@@ -77,9 +79,21 @@ class StorageClient:
         replies on it."""
         self._connection = pika.BlockingConnection(self._nodes)
         self._nodes = self._nodes[1:] + self._nodes[:1]
+        self._open_channel()
+
+    def _open_channel(self) -> None:
+        """The channel commands go out on, in confirm mode, with the direct reply-to consumer (a
+        reply comes back on the channel that published the command)."""
         self._channel = self._connection.channel()
         self._channel.confirm_delivery()
         self._channel.basic_consume(DIRECT_REPLY_TO, self._on_reply, auto_ack=True)
+
+    def _replace_channel(self) -> None:
+        """A channel whose publish was nacked: RabbitMQ 3.10 may go on nacking every publish of a
+        channel that published to a quorum queue without a leader (an election under way)."""
+        if self._channel.is_open:
+            self._channel.close()
+        self._open_channel()
 
     def __enter__(self) -> "StorageClient":
         return self
@@ -127,7 +141,8 @@ class StorageClient:
         """Send a command and wait for its result; raises CallTimeout after `timeout` seconds.
         `on_progress` receives the command's storage.job.progress events while it runs. A lost
         connection is replaced (another node of the cluster) and the command sent again under the
-        same id; the answer may then be its stored result, marked duplicate."""
+        same id; the answer may then be its stored result, marked duplicate. A command the broker
+        nacks (its queue is electing a leader) is sent again on a new channel."""
         command_id = command_id or str(uuid.uuid4())
         correlation_id = str(uuid.uuid4())
         end = time.monotonic() + timeout
@@ -138,6 +153,15 @@ class StorageClient:
                 self.submit(op, args, command_id=command_id, deadline=deadline, reply_to=DIRECT_REPLY_TO,
                             correlation_id=correlation_id)
                 return self.wait(correlation_id, max(0.0, end - time.monotonic()), what=f"{op} {command_id}")
+            except NackError:
+                if time.monotonic() >= end:
+                    raise CallTimeout(f"no result for {op} {command_id} within {timeout} s: the broker "
+                                      f"kept refusing the command (nack)") from None
+                time.sleep(NACK_RETRY)
+                try:
+                    self._replace_channel()
+                except CONNECTION_LOST:
+                    self._reconnect(end)
             except CONNECTION_LOST:
                 if time.monotonic() >= end:
                     raise CallTimeout(f"no result for {op} {command_id} within {timeout} s: the broker "

@@ -98,7 +98,8 @@ class Worker:
                          event_stream_max_age=settings.event_stream_max_age,
                          event_stream_max_bytes=settings.event_stream_max_bytes),
             queue=self.topology.command_queue, prefetch=settings.prefetch, on_delivery=self._on_delivery,
-            event_buffer=settings.event_buffer, on_fatal=self._on_fatal)
+            event_buffer=settings.event_buffer, on_fatal=self._on_fatal,
+            on_disconnected=lambda _reason: self.service.forget_lost_unstarted())
 
     def dead_threads(self) -> list[str]:
         """/healthz: every thread the worker needs must be alive."""

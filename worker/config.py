@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     amqp_ca_file: Path | None = None
     amqp_cert_file: Path | None = None
     amqp_key_file: Path | None = None
-    amqp_heartbeat: int = Field(60, ge=0, description="seconds; 0 turns heartbeats off")
+    amqp_heartbeat: int = Field(10, ge=0, description="seconds; 0 turns heartbeats off")
     libvirt_uri: str = "qemu:///system"
     prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)] = "storage"
     state_dir: Path = Path("/var/lib/storage-worker")

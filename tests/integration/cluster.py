@@ -93,6 +93,11 @@ class RabbitCluster:
         """SIGKILL node n (1-3); returns once the process is gone."""
         self.run("kill", str(n))
 
+    def halt(self, n: int | str) -> None:
+        """Stop node n (1-3), or "all" nodes, gracefully (SIGTERM), keeping their data; restart(n),
+        or start() after halt("all"), starts them again."""
+        self.run("halt", str(n))
+
     def restart(self, n: int) -> None:
         """Start killed node n again; returns once it has rejoined the cluster."""
         self.run("restart", str(n))
@@ -135,6 +140,10 @@ class RabbitCluster:
     def ctl(self, n: int, *args: str) -> str:
         """rabbitmqctl against node n; its stdout."""
         return self.run("ctl", str(n), *args).stdout
+
+    def plugins(self, n: int, *args: str) -> str:
+        """rabbitmq-plugins against node n; its stdout."""
+        return self.run("plugins", str(n), *args).stdout
 
     def status(self) -> str:
         return self.run("status", check=False).stdout

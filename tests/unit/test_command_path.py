@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from messages.command import decode
+from messages.results import Result
 from tests.unit.conftest import TEST_DRIVER
 from worker.app import Worker
 from worker.config import Settings
@@ -303,3 +304,60 @@ def test_a_command_held_by_a_dead_owner_is_resumed_by_the_next_worker(make_path,
     resumed = path.result(command.id)
     assert resumed["status"] == "succeeded" and resumed["result"]["name"] == name
     assert [r["id"] for r in path.replies(command.id)] == [command.id]
+
+
+def test_a_command_a_live_peer_runs_is_answered_from_its_result_not_run_again(make_path, tmp_path):
+    """A hot standby's peer lost its broker connection, not its life: the broker hands the standby
+    a command the peer still runs. The standby waits for the peer's result and answers with it."""
+    name = volume_name()
+    body = {"id": f"peer-{name}", "op": "volume.create", "args": {"pool": POOL, "name": name, "capacity": 4096}}
+    command = decode(json.dumps(body).encode())
+    peer = Journal(tmp_path / "shared" / "journal.sqlite3")
+    try:
+        peer.heartbeat("peer-owner")  # this very process: alive
+        peer.receive(command.id, command.fingerprint, command.op, body=json.dumps(body).encode(),
+                     reply_to="replies", correlation_id=command.id)
+        assert peer.start(command.id, "peer-owner", 15) is None
+        path = make_path(state="shared")
+        _, delivery = path.send("volume.create", body["args"], command_id=command.id, redelivered=True)
+        threading.Event().wait(1.0)
+        assert not path.replies(command.id), "no answer while the peer runs it"
+        peer_result = Result.model_validate({
+            "id": command.id, "op": "volume.create", "host": "fast", "status": "succeeded",
+            "result": {"pool": POOL, "name": name, "changed": True}, "error": None, "attempts": 1,
+            "duplicate": False, "received_at": "2026-12-01T10:00:00Z", "started_at": "2026-12-01T10:00:00Z",
+            "finished_at": "2026-12-01T10:00:01Z"})
+        peer.finish(command.id, command.fingerprint, peer_result)
+        peer.mark_published(command.id)
+        peer.heartbeat("peer-owner")  # writes the published flag
+        path.link.wait(lambda: delivery.delivery_tag in path.link.acked)
+        assert [(r["duplicate"], r["finished_at"]) for r in path.replies(command.id)] == \
+            [(True, "2026-12-01T10:00:01Z")]
+        assert not path.results(command.id), "the peer's result went to the results exchange, not a second one"
+        assert name not in path.worker.gateway.connection().storagePoolLookupByName(POOL).listVolumes(), \
+            "the create did not run here"
+    finally:
+        peer.close()
+
+
+def test_a_redelivered_read_a_peer_answered_is_answered_with_that_answer(make_path, tmp_path):
+    """A read comes back redelivered after its first runner lost its connection: it waits until that
+    runner's heartbeat has written the read's result, and answers with it rather than a new one."""
+    path = make_path(state="shared")
+    command_id = f"read-{uuid.uuid4().hex}"
+    _, delivery = path.send("pool.info", {"name": POOL}, command_id=command_id, redelivered=True)
+    threading.Event().wait(0.5)  # the read has reached intake, unknown to the journal
+    assert not path.results(command_id)
+    peer = Journal(tmp_path / "shared" / "journal.sqlite3")
+    try:
+        peer_result = Result.model_validate({
+            "id": command_id, "op": "pool.info", "host": "fast", "status": "failed", "result": None,
+            "error": {"code": "not_found", "message": "the peer's answer", "retryable": False, "libvirt": None},
+            "attempts": 1, "duplicate": False, "received_at": "2026-12-01T10:00:00Z",
+            "started_at": "2026-12-01T10:00:00Z", "finished_at": "2026-12-01T10:00:01Z"})
+        peer.finish(command_id, decode(json.dumps({"id": command_id, "op": "pool.info",
+                                                   "args": {"name": POOL}}).encode()).fingerprint, peer_result)
+    finally:
+        peer.close()
+    path.link.wait(lambda: delivery.delivery_tag in path.link.acked, timeout=10)
+    assert [r["error"]["message"] for r in path.results(command_id)] == ["the peer's answer"]

@@ -45,7 +45,7 @@ def test_unknown_id_has_no_entry(journal):
 
 def test_a_command_moves_received_running_finished_published(journal):
     journal.receive("c1", "fp1", "volume.create")
-    journal.start("c1")
+    assert journal.start("c1", "owner-a", 15) is None
     assert journal.get("c1").state == State.running
     journal.finish("c1", "fp1", result("c1"))
     entry = journal.get("c1")
@@ -53,6 +53,37 @@ def test_a_command_moves_received_running_finished_published(journal):
     assert entry.result == result("c1")  # the stored result reads back equal, timestamps included
     journal.mark_published("c1")
     assert journal.get("c1").published is True
+
+
+def test_one_live_process_runs_a_command_of_a_shared_journal(tmp_path):
+    """A hot standby shares the journal: a command the broker hands to it while the process that
+    started it is alive (it only lost its connection) is not run a second time."""
+    active, standby = Journal(tmp_path / "j.sqlite3"), Journal(tmp_path / "j.sqlite3")
+    try:
+        active.heartbeat("owner-a")
+        standby.heartbeat("owner-b")
+        active.receive("c1", "fp1", "volume.delete")
+        assert active.start("c1", "owner-a", 15) is None
+        assert standby.start("c1", "owner-b", 15) == "owner-a", "the live runner keeps its claim"
+        assert active.start("c1", "owner-a", 15) is None, "its own claim again (a redelivery to it)"
+        active.retire("owner-a")  # its process stopped: the claim goes with it
+        assert standby.start("c1", "owner-b", 15) is None
+        assert active.start("c1", "owner-a", 15) == "owner-b"
+    finally:
+        active.close()
+        standby.close()
+
+
+def test_a_stale_or_vanished_runner_holds_no_claim(journal, monkeypatch):
+    clock = [1_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    journal.heartbeat("owner-a")
+    journal.receive("c1", "fp1", "volume.delete")
+    assert journal.start("c1", "owner-a", 15) is None
+    clock[0] += 10
+    assert journal.start("c1", "owner-b", 15) == "owner-a"
+    clock[0] += 6  # no heartbeat for 16 s
+    assert journal.start("c1", "owner-b", 15) is None
 
 
 def test_finish_inserts_a_row_for_an_id_never_received(journal):
@@ -82,7 +113,7 @@ def test_prune_removes_only_old_finished_rows_no_owner_may_still_publish(journal
     journal.own("old-owned-unpublished", "owner-a")
     journal.finish("old-owned-unpublished", "f", result("old-owned-unpublished"))
     journal.receive("old-running", "f", "volume.create")
-    journal.start("old-running")
+    journal.start("old-running", "owner-a", 15)
     journal.receive("old-received", "f", "volume.create")
     clock[0] += 3600
     journal.finish("new-published", "f", result("new-published"))
@@ -103,7 +134,7 @@ def test_the_journal_survives_closing_and_reopening(tmp_path):
     path = tmp_path / "state" / "journal.sqlite"  # the directory is created
     first = Journal(path)
     first.receive("running-1", "fp1", "volume.upload")
-    first.start("running-1")
+    first.start("running-1", "owner-a", 15)
     first.receive("done-1", "fp2", "volume.create")
     first.finish("done-1", "fp2", result("done-1"))
     first.mark_published("done-1")

@@ -36,9 +36,11 @@ def domain_key(name: str) -> Key:
     return ("domain", name)
 
 
-def claims_for(command: Command) -> tuple[Claim, ...]:
+def claims_for(command: Command, *, reading: bool = False) -> tuple[Claim, ...]:
+    """`reading`: the claims of a read that must keep its place before later writes of what it
+    reads (one redelivered after a takeover waits a moment, worker/intake/intake.py): shared."""
     operation = OPERATIONS[command.op]
-    if operation.read_only:
+    if operation.read_only and not reading:
         return ()
     args = command.args
     wanted: list[Claim] = []
@@ -46,16 +48,17 @@ def claims_for(command: Command) -> tuple[Claim, ...]:
         if isinstance(resource, PoolRef):
             pool = read_path(args, resource.field)
             if pool is not None:
-                wanted.append((pool_key(pool), Mode.exclusive if resource.whole else Mode.shared))
+                wanted.append((pool_key(pool), Mode.exclusive if resource.whole and not reading else Mode.shared))
         elif isinstance(resource, VolumeRef):
             pool, name = read_path(args, resource.pool), read_path(args, resource.name)
             if pool is not None and name is not None:
                 wanted += [(pool_key(pool), Mode.shared),
-                           (volume_key(pool, name), Mode.exclusive if resource.writes else Mode.shared)]
+                           (volume_key(pool, name), Mode.exclusive if resource.writes and not reading
+                            else Mode.shared)]
         elif isinstance(resource, DomainRef):
             domain = read_path(args, resource.field)
             if domain is not None:
-                wanted.append((domain_key(domain), Mode.exclusive))
+                wanted.append((domain_key(domain), Mode.shared if reading else Mode.exclusive))
     return _merged(wanted)
 
 

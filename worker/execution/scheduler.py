@@ -90,6 +90,16 @@ class Scheduler:
                     return job
         return None
 
+    def withdraw_where(self, unwanted: Callable[[Job], bool]) -> list[Job]:
+        """Take every job that has not started and is `unwanted` out of the queue."""
+        with self._lock:
+            taken = [job for job in self._waiting if unwanted(job)]
+            if taken:
+                gone = {id(job) for job in taken}
+                self._waiting = [job for job in self._waiting if id(job) not in gone]
+                self._work.notify_all()
+        return taken
+
     def held_volumes(self, pool: str) -> set[str]:
         """Names of a pool's volumes that running jobs hold locked."""
         with self._lock:

@@ -28,6 +28,8 @@ class InFlight:
     delivery: Delivery | None = None  # None once acked (journal custody) or when resumed from the journal
     held_since: float = field(default_factory=time.monotonic)
     repeats: list[Delivery] = field(default_factory=list)
+    #: a redelivered read: a peer that lost its connection may have answered it (CommandService)
+    peer_may_answer: bool = False
 
 
 class InFlightTable:

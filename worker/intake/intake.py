@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 
 _RESUME = object()  # resume orphans of dead owners
 _STOP = object()
-
-
 class Intake:
     def __init__(self, *, link: Link, journal: Journal, flights: InFlightTable, settlement: Settlement,
                  custody: Custody, scheduler: Scheduler, policy: Policy, host: str,
@@ -80,7 +78,8 @@ class Intake:
     def schedule(self, flight: InFlight) -> None:
         command = flight.command
         self._flights.add(flight)
-        if not self._scheduler.submit(Job(id=command.id, claims=claims_for(command), run=self._execute)):
+        claims = claims_for(command, reading=flight.peer_may_answer)
+        if not self._scheduler.submit(Job(id=command.id, claims=claims, run=self._execute)):
             self._flights.pop(command.id)
             if flight.delivery is not None:
                 self._link.requeue(flight.delivery)
@@ -103,6 +102,8 @@ class Intake:
                 self._link.requeue(item)
 
     def _accept(self, delivery: Delivery) -> None:
+        if self._link.lost(delivery):
+            return  # its channel is gone: the broker gives the message to a consumer again
         received_at = utcnow()
         try:
             command = decode(delivery.body)
@@ -146,7 +147,9 @@ class Intake:
             self._control(delivery, command, received_at)
             return
         flight = InFlight(command=command, received_at=received_at, reply_to=to, correlation_id=correlation_id,
-                          delivery=delivery)
+                          delivery=delivery,
+                          # a read that comes back may have been answered by a peer that lost its link
+                          peer_may_answer=operation.read_only and delivery.redelivered)
         if operation.long_running:
             self._custody.take(flight)
         self.schedule(flight)

@@ -57,6 +57,14 @@ class Settlement:
         body = result.model_dump_json()
         command = flight.command
         if OPERATIONS[command.op].read_only and flight.delivery is not None:
+            if all(self._link.lost(d) for d in [flight.delivery, *flight.repeats]):
+                # The broker took the read back with the channel and gives it to the consumer that
+                # took over (a hot standby, or this process again): that one answers it, so two
+                # different answers never go out.
+                log.info("dropping the result of a read whose delivery went back to the queue",
+                         extra={"command_id": command.id, "op": command.op})
+                self._flights.pop(command.id)
+                return
             # The broker still holds the read: if this process dies it comes back and runs again.
             self._journal.finish_later(command.id, command.fingerprint, result, body)
         else:
@@ -86,6 +94,21 @@ class Settlement:
         """A repeat of a finished, confirmed command: its stored result again, to reply_to only."""
         self._results.answer_only(entry.result.model_copy(update={"duplicate": True}), reply_to(delivery),
                                   correlation(delivery, entry.id), then=lambda: self._link.ack(delivery))
+
+    def from_other_run(self, flight: InFlight, entry: Entry) -> None:
+        """A command another process of this host ran while the broker gave it to this one: its
+        stored result answers every delivery held here, as a duplicate when that process's publish
+        was confirmed, else published again (an identical copy)."""
+        if not entry.published:
+            log.info("publishing a result the broker never confirmed", extra={"command_id": entry.id})
+            self._results.publish(entry.result, flight.reply_to, flight.correlation_id,
+                                  then=lambda: self._settled(entry.id))
+            return
+        with self._flights.lock:
+            self._flights.pop(entry.id)
+        for delivery in [flight.delivery, *flight.repeats]:
+            if delivery is not None:
+                self.duplicate(delivery, entry)
 
     def conflict(self, delivery: Delivery, command_id: str, op: str | None, used_for: str | None) -> None:
         """An id already used for other arguments: rejected, to reply_to only."""

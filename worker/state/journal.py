@@ -164,8 +164,32 @@ class Journal:
             (command_id, fingerprint, op, body, reply_to, correlation_id, now, now))
         return cursor.rowcount == 1
 
-    def start(self, command_id: str) -> None:
-        self._run("UPDATE commands SET state = 'running', updated_at = ? WHERE id = ?", (time.time(), command_id))
+    def start(self, command_id: str, runner: str, stale_after: float) -> str | None:
+        """Claim the run of a command for `runner` (an owner id) and mark it running; None when
+        claimed, else the owner that runs it now. Several processes share a journal (a hot standby):
+        when the broker hands a command to another consumer while the process that started it still
+        runs it (that process lost its connection, not its life), the claim makes sure one process
+        runs it. An owner whose heartbeat is older than `stale_after` seconds, or whose process is
+        gone on this machine, holds no claim."""
+        def claim() -> str | None:
+            self._db.execute("BEGIN IMMEDIATE")  # the check and the claim, with no other writer between
+            try:
+                row = self._db.execute("SELECT r.runner, o.hostname, o.pid, o.heartbeat FROM runs r "
+                                       "LEFT JOIN owners o ON o.owner = r.runner WHERE r.id = ?",
+                                       (command_id,)).fetchone()
+                if row is not None and row[0] != runner and _alive(row[1], row[2], row[3], stale_after):
+                    self._db.execute("ROLLBACK")
+                    return row[0]
+                self._db.execute("INSERT OR REPLACE INTO runs (id, runner) VALUES (?, ?)", (command_id, runner))
+                self._db.execute("UPDATE commands SET state = 'running', updated_at = ? WHERE id = ?",
+                                 (time.time(), command_id))
+                self._db.execute("COMMIT")
+                return None
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        return self._writing(claim)
 
     def own(self, command_id: str, owner: str) -> None:
         """From now on the journal, not the broker, holds this unfinished command for `owner`."""
@@ -230,18 +254,15 @@ class Journal:
         """What the journal holds for an owner that is gone (its heartbeat is older than
         `stale_after` seconds, or its process no longer exists on this machine): unfinished
         commands, and finished ones whose result the broker never confirmed."""
-        cutoff = time.time() - stale_after
         rows = self._run(
             f"SELECT {', '.join('c.' + c for c in COLUMNS.split(', '))}, o.hostname, o.pid, o.heartbeat "
             "FROM commands c LEFT JOIN owners o ON o.owner = c.owner "
             "WHERE (c.state != 'finished' OR c.published = 0) AND c.owner IS NOT NULL AND c.owner != ?",
             (me,)).fetchall()
-        here = socket.gethostname()
         found = []
         for row in rows:
             hostname, pid, heartbeat = row[-3:]
-            gone = heartbeat is None or heartbeat < cutoff or (hostname == here and not process_alive(pid))
-            if gone:
+            if not _alive(hostname, pid, heartbeat, stale_after):
                 found.append(entry_of(row[:-3]))
         return found
 
@@ -292,6 +313,7 @@ class Journal:
                 removed += self._run(
                     "DELETE FROM commands WHERE id IN (SELECT id FROM commands WHERE state = 'finished' "
                     "AND published = 1 ORDER BY updated_at LIMIT ?)", (excess,)).rowcount
+        self._run("DELETE FROM runs WHERE id NOT IN (SELECT id FROM commands WHERE state != 'finished')")
         self._run("DELETE FROM owners WHERE heartbeat < ?", (time.time() - 7 * 86400,))
         self._run("DELETE FROM dead_lettered WHERE at < ?", (cutoff,))
         return removed
@@ -327,6 +349,14 @@ class Journal:
         """Drop the oldest parked events beyond the bound; returns how many."""
         return self._run("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq DESC LIMIT -1 OFFSET ?)",
                          (keep_at_most,)).rowcount
+
+
+def _alive(hostname: str | None, pid: int | None, heartbeat: float | None, stale_after: float) -> bool:
+    """Whether an owner (its row in `owners`) is alive: a recent heartbeat, and on this machine a
+    process that still exists."""
+    if heartbeat is None or heartbeat < time.time() - stale_after:
+        return False
+    return hostname != socket.gethostname() or process_alive(pid)
 
 
 def process_alive(pid: int | None) -> bool:

@@ -32,6 +32,10 @@ CREATE TABLE IF NOT EXISTS owners (
     pid       INTEGER NOT NULL,
     heartbeat REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS runs (
+    id     TEXT PRIMARY KEY,
+    runner TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dead_lettered (
     key TEXT PRIMARY KEY,
     at  REAL NOT NULL

@@ -43,6 +43,10 @@ class Consumer:
         self._generation += 1
         self._acks = AckBatcher()
 
+    def lost_delivery(self, delivery: Delivery) -> bool:
+        """Whether `delivery` came by a channel that is gone (read from any thread: one int)."""
+        return delivery.generation != self._generation
+
     def delivered(self, method: Basic.Deliver, properties: BasicProperties, body: bytes) -> Delivery:
         self._acks.delivered(method.delivery_tag)
         return Delivery(generation=self._generation, delivery_tag=method.delivery_tag,

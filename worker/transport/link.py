@@ -7,6 +7,11 @@ Two channels per connection:
 - the *publish* channel, in confirm mode: every publish gets a delivery tag, and its callback runs
   once the broker confirms it. Publishes made while no channel is open wait in an outbox; publishes
   unconfirmed when a connection is lost go back to the front of the outbox and are sent again.
+  On a cluster a channel can stop getting confirms while its connection lives on: RabbitMQ 3.10
+  keeps nacking a channel whose publish met a quorum queue without a leader, and a confirm from a
+  stream whose member restarted may never come. So after repeated nacks, or a publish left
+  unconfirmed for CONFIRM_TIMEOUT, the publish channel alone is replaced and what it had not
+  confirmed is sent again on the new one (a copy may reach consumers twice, with the same id).
 - the *consume* channel: prefetch, manual acks coalesced per turn of the loop, stale acks dropped
   (worker/transport/consumer.py).
 
@@ -41,11 +46,21 @@ log = logging.getLogger(__name__)
 
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 30.0
-NACKS_BEFORE_RECONNECT = 5  # nacks in a row after which the publish channel is given up
+STABLE_AFTER = 1.0  # seconds a connection must last before the reconnect backoff starts over
+NACKS_BEFORE_NEW_CHANNEL = 5  # nacks in a row after which the publish channel is replaced
+CONFIRM_TIMEOUT = 10.0  # seconds a publish may wait for its confirm before the publish channel is replaced
+CONFIRM_CHECK_EVERY = 2.0
 
 
 class TopologyError(RuntimeError):
     """The broker refused the topology (e.g. a queue exists with other arguments): fatal."""
+
+
+def node_down(reason: Exception) -> bool:
+    """A refusal that passes: a queue whose node is down (a cluster starting, a node restarting)
+    cannot be declared yet, e.g. "NOT_FOUND - home node 'rabbit@n3' of durable queue 'q' in vhost
+    '/' is down or inaccessible"."""
+    return "down or inaccessible" in str(getattr(reason, "reply_text", ""))
 
 
 class AmqpLink:
@@ -72,6 +87,7 @@ class AmqpLink:
         self._outbox = Outbox(event_buffer)
         self._backoff = RECONNECT_MIN
         self._nacks_in_a_row = 0
+        self._replacing = False  # the publish channel is being replaced (closed by us, then opened again)
         self._failures = 0  # connection attempts failed (or connections lost) since the link was last ready
         self._stopping = False
         self._ready = threading.Event()
@@ -117,6 +133,9 @@ class AmqpLink:
         """Give a message back to the queue untouched (it was never started)."""
         self.call_soon(lambda: self._consumer.settle(delivery, ack=False))
 
+    def lost(self, delivery: Delivery) -> bool:
+        return self._consumer.lost_delivery(delivery)
+
     def stop_consuming(self) -> None:
         self.call_soon(self._consumer.cancel)
 
@@ -136,6 +155,7 @@ class AmqpLink:
 
     def _run(self) -> None:
         self._connect()
+        self._ioloop.call_later(CONFIRM_CHECK_EVERY, self._check_confirms)
         try:
             self._ioloop.start()
         finally:
@@ -179,19 +199,20 @@ class AmqpLink:
 
     def _on_closed(self, _connection: Any, reason: Exception) -> None:
         self._connection = None
-        self._lost_channels(f"connection closed: {reason!r}")
+        self._lost_channels(f"connection closed: {reason!r}", broker_error=getattr(reason, "reply_code", 0) == 541)
         if self._stopping:
             self._ioloop.stop()
             return
         self._schedule_reconnect("lost the broker connection", repr(reason))
 
-    def _lost_channels(self, reason: str) -> None:
+    def _lost_channels(self, reason: str, broker_error: bool = False) -> None:
         """Channels are gone: unconfirmed publishes go back to the outbox, deliveries become stale."""
         was_ready = self._ready.is_set()
         self._ready.clear()
         self._publish_channel = None
+        self._replacing = False
         self._consumer.lost()
-        self._outbox.take_back_unconfirmed()
+        self._outbox.take_back_unconfirmed(broker_error)
         if was_ready and self._on_disconnected is not None:
             self._on_disconnected(reason)
 
@@ -209,7 +230,43 @@ class AmqpLink:
         self._publish_channel = channel
         self._outbox.new_channel()
         channel.add_on_close_callback(self._on_publish_channel_closed)
-        channel.confirm_delivery(self._on_confirm, callback=lambda _frame: self._declare(list(self._declarations)))
+        channel.confirm_delivery(self._confirms_of(channel),
+                                 callback=lambda _frame: self._declare(list(self._declarations)))
+
+    def _confirms_of(self, channel: Any) -> Callable[[Any], None]:
+        """The confirm callback of one publish channel: a late confirm of a replaced one is ignored."""
+        return lambda frame: self._on_confirm(frame) if channel is self._publish_channel else None
+
+    def _replace_publish_channel(self, why: str, **details: Any) -> None:
+        """Close the publish channel alone; `_on_publish_channel_closed` opens the next one."""
+        channel = self._publish_channel
+        if self._replacing or channel is None or not channel.is_open:
+            return
+        log.warning(f"{why}; replacing the publish channel", extra=details)
+        self._replacing = True
+        self._nacks_in_a_row = 0
+        channel.close()
+
+    def _on_replacement_open(self, channel: Any) -> None:
+        channel.add_on_close_callback(self._on_publish_channel_closed)
+        channel.confirm_delivery(self._confirms_of(channel), callback=lambda _frame: self._replaced(channel))
+
+    def _replaced(self, channel: Any) -> None:
+        """The new publish channel is in confirm mode: publishing goes on there."""
+        self._publish_channel = channel
+        self._outbox.new_channel()
+        self._replacing = False
+        self._flush_outbox()
+
+    def _check_confirms(self) -> None:
+        """Every CONFIRM_CHECK_EVERY seconds: a confirm overdue replaces the publish channel."""
+        if self._stopping:
+            return
+        age = self._outbox.oldest_unconfirmed_age()
+        if age is not None and age > CONFIRM_TIMEOUT and self._ready.is_set():
+            self._replace_publish_channel("a publish waits for the broker's confirm too long",
+                                          waited_s=round(age, 1), unconfirmed=self._outbox.unconfirmed)
+        self._ioloop.call_later(CONFIRM_CHECK_EVERY, self._check_confirms)
 
     def _declare(self, remaining: list[Declaration]) -> None:
         if not remaining:
@@ -222,13 +279,19 @@ class AmqpLink:
         if self._connection is None or not self._connection.is_open:
             return
         code = getattr(reason, "reply_code", 0)
-        if code in (404, 406) and not self._ready.is_set():
+        if code in (404, 406) and not self._ready.is_set() and not node_down(reason):
             error = TopologyError(f"the broker refused the topology: {getattr(reason, 'reply_text', reason)}")
             log.error(str(error))
             self._stopping = True
             if self._on_fatal is not None:
                 self._on_fatal(error)
             self._connection.close()
+            return
+        if self._replacing:
+            # what the old channel had not confirmed goes out again on the new one
+            self._publish_channel = None
+            self._outbox.take_back_unconfirmed()
+            self._connection.channel(on_open_callback=self._on_replacement_open)
             return
         log.warning("publish channel closed; reopening it", extra={"reason": repr(reason)})
         self._connection.close(320, "reopening after a channel error")
@@ -246,20 +309,19 @@ class AmqpLink:
                 log.warning("broker nacked a publish; sending it again",
                             extra={"exchange": item.exchange, "routing_key": item.routing_key})
                 self._ioloop.call_later(min(0.1 * 2 ** item.attempts, 5), lambda it=item: self._publish(it))
-        if self._nacks_in_a_row >= NACKS_BEFORE_RECONNECT and self._connection is not None \
-                and self._connection.is_open:
+        if self._nacks_in_a_row >= NACKS_BEFORE_NEW_CHANNEL:
             # RabbitMQ 3.10 can keep nacking every publish of a channel whose first publish to a
             # quorum queue went out while that queue's leader was down; a new channel works at once.
-            log.warning("the broker keeps nacking this channel's publishes; reconnecting",
-                        extra={"nacks": self._nacks_in_a_row})
-            self._nacks_in_a_row = 0
-            self._connection.close(320, "reconnecting after repeated nacks")
+            self._replace_publish_channel("the broker keeps nacking this channel's publishes",
+                                          nacks=self._nacks_in_a_row)
 
     def _publish_all(self, messages: tuple[Outgoing, ...]) -> None:
         for message in messages:
             self._publish(message)
 
     def _publish(self, message: Outgoing) -> None:
+        if self._outbox.dead_reply(message):
+            return
         channel = self._publish_channel
         if channel is None or not channel.is_open or not self._ready.is_set():
             self._wait(message)
@@ -291,13 +353,21 @@ class AmqpLink:
 
     def _start_consuming(self, channel: Any) -> None:
         self._consumer.start(channel, self._on_message)
-        self._backoff = RECONNECT_MIN
-        self._failures = 0
+        connection = self._connection
+        # The backoff starts over only once this connection has lasted: one the broker closes at
+        # once, again and again (a node that cannot serve a queue yet), must not be retried at full
+        # speed, for every lost channel hands the commands in flight back and counts a delivery.
+        self._ioloop.call_later(STABLE_AFTER, lambda: self._stable(connection))
         self._ready.set()
         log.info("consuming", extra={"queue": self._queue, "prefetch": self._prefetch})
         self._flush_outbox()
         if self._on_connected is not None:
             self._on_connected()
+
+    def _stable(self, connection: Any) -> None:
+        if connection is self._connection and self._ready.is_set():
+            self._backoff = RECONNECT_MIN
+            self._failures = 0
 
     def _on_consume_channel_closed(self, channel: Any, reason: Exception) -> None:
         if channel is not self._consumer.channel:

@@ -68,6 +68,9 @@ class MemoryLink:
     def requeue(self, delivery: Delivery) -> None:
         self._work.put(lambda: self._settle(self.requeued, delivery))
 
+    def lost(self, delivery: Delivery) -> bool:
+        return False  # the memory link never loses a channel
+
     def stop_consuming(self) -> None:
         self.consuming = False
 

@@ -34,6 +34,7 @@ class Outgoing:
     on_confirmed: Callable[[], None] | None = None
     droppable: bool = False  # an event: may be dropped (and counted) when the buffer overflows
     attempts: int = field(default=0)
+    sent_at: float = field(default=0.0)  # time.monotonic() of its last publish
 
 
 class Link(Protocol):
@@ -48,3 +49,6 @@ class Link(Protocol):
 
     def requeue(self, delivery: Delivery) -> None:
         """Give a message back to the queue untouched (it was never started)."""
+
+    def lost(self, delivery: Delivery) -> bool:
+        """The channel it came by is gone: the broker has given the message back to the queue."""
