@@ -38,6 +38,7 @@ HIDDEN = {"lost+found"}
 class Findings:
     violations: list[str] = field(default_factory=list)
     statuses: Counter = field(default_factory=Counter)      # (op, status) of each command's original result
+    codes: Counter = field(default_factory=Counter)         # (status, error code) of those not succeeded
     redundant: int = 0                                      # identical originals seen again
     duplicates: int = 0                                     # replies marked duplicate
     gaps: int = 0                                           # missing event sequence numbers
@@ -71,6 +72,8 @@ def check_results(driver: Driver, findings: Findings) -> list[str]:
         result = originals[0]
         status, code = result["status"], (result.get("error") or {}).get("code")
         findings.statuses[(label, status)] += 1
+        if status != "succeeded":
+            findings.codes[(status, code)] += 1
         problem = _judge(command.expect, status, code, result)
         if problem:
             problems.append(f"{label} {command_id} ({command.lane}, args {command.args}): {problem}")

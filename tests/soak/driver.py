@@ -1,6 +1,7 @@
 """Sends the lanes' commands and hands each lane its results, in one loop that owns the broker
 connection. A lane sends its next command once every command it has out got its first terminal
-result; some commands are sent a second time, identically, a moment later (a duplicate)."""
+result and a short pause (up to THINK seconds, as a control plane between two steps); some
+commands are sent a second time, identically, a moment later (a duplicate)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from dataclasses import dataclass, field
 
 from tests.soak.bus import Bus
 from tests.soak.lanes import Command, Lane
+
+THINK = 0.3
 
 
 @dataclass
@@ -28,6 +31,7 @@ class Driver:
     resends: Counter = field(default_factory=Counter)      # "duplicate" (by the mix), "bus" (publish retried)
     _waiting: dict[str, set[str]] = field(default_factory=dict)   # lane -> ids without a result
     _resend_queue: list[tuple[float, int, str]] = field(default_factory=list)
+    _ready_at: dict[str, float] = field(default_factory=dict)     # lane -> when it sends next
     _order: int = 0
 
     def send(self, command: Command) -> None:
@@ -49,7 +53,10 @@ class Driver:
 
     def _deliver(self) -> None:
         self.bus.collect()
-        for ids in self._waiting.values():
+        lanes = {lane.name: lane for lane in self.lanes}
+        for name, ids in self._waiting.items():
+            if not ids:
+                continue
             for command_id in list(ids):
                 originals = [r for r in self.bus.inbox.results.get(command_id, []) if not r.get("duplicate")]
                 if not originals:
@@ -59,14 +66,17 @@ class Driver:
                 entry.answered_at = time.monotonic()
                 if entry.command.on_result is not None:
                     entry.command.on_result(originals[0])
+            if not ids:
+                self._ready_at[name] = time.monotonic() + lanes[name].rng.uniform(0, THINK)
 
     def step(self, sending: bool) -> None:
         self._deliver()
         self._resend_due()
         if not sending:
             return
+        now = time.monotonic()
         for lane in self.lanes:
-            if not self._waiting.get(lane.name):
+            if not self._waiting.get(lane.name) and self._ready_at.get(lane.name, 0.0) <= now:
                 for command in lane.next():
                     self.send(command)
 

@@ -20,7 +20,9 @@ def table(findings: Findings, faults: Counter, fault_errors: list[str], resends:
     totals = [sum(n for (_op, status), n in findings.statuses.items() if status == s) for s in STATUSES]
     lines.append(f"{'all commands':<{width}}  " + "".join(f"{n:>11}" for n in totals))
     lines.append(rule)
-    rows: list[tuple[str, object]] = [(f"fault {kind}", n) for kind, n in sorted(faults.items())]
+    rows: list[tuple[str, object]] = [(f"{status} with {code}", n)
+                                      for (status, code), n in sorted(findings.codes.items(), key=str)]
+    rows += [(f"fault {kind}", n) for kind, n in sorted(faults.items())]
     rows.append(("faults that went wrong", len(fault_errors)))
     rows += [("re-sent: duplicates in the mix", resends["duplicate"]),
              ("re-sent: publish retried by the soak", resends["bus"]),

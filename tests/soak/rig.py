@@ -31,7 +31,7 @@ CLUSTER_ENV = {"STORAGE_WORKER_CLUSTER_DIR": "/tmp/storage-worker-soak-cluster",
 IMAGES = Path("/var/lib/libvirt/images")
 LIBVIRT_URI = "qemu:///system"
 MiB = 1024 * 1024
-STATE_FS_SIZE = 48 * MiB
+STATE_FS_SIZE = 128 * MiB
 FULL_POOL_SIZE = 64 * MiB
 
 
@@ -138,7 +138,8 @@ class Rig:
         return WorkerProcess(host_id=host.host_id, prefix=self.prefix, state_dir=host.state_dir,
                              allowed_root=host.root, log_path=self.base / f"{host.host_id}-w{number}.log",
                              amqp_url=self.amqp_url, reconcile_interval=5, shutdown_grace=15,
-                             libvirt_wait=60, concurrency=4, log_format="json")
+                             libvirt_wait=60, concurrency=4, log_format="json",
+                             journal_max_rows=20_000)
 
     def _define_domain(self, name: str) -> None:
         xml = f"""<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
