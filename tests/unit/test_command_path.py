@@ -303,3 +303,25 @@ def test_a_command_held_by_a_dead_owner_is_resumed_by_the_next_worker(make_path,
     resumed = path.result(command.id)
     assert resumed["status"] == "succeeded" and resumed["result"]["name"] == name
     assert [r["id"] for r in path.replies(command.id)] == [command.id]
+
+
+def test_a_redelivery_to_the_standby_of_a_command_the_active_worker_still_runs_is_not_run_twice(make_path):
+    """Hot standby: closing the active worker's connection hands its unacknowledged deliveries to
+    the standby (same host id, same journal) while the active one still runs them. The standby
+    leaves the command to the live process that holds it — acknowledged, in the journal's custody
+    for that holder, no result of its own — and the one result comes from the active worker."""
+    active = make_path(state="shared")
+    standby = make_path(state="shared")
+    gate = active.block_executors()
+    name = volume_name()
+    command_id, _ = active.send("volume.create", {"pool": POOL, "name": name, "capacity": 4096})
+    active.link.wait(lambda: active.worker.scheduler.counts()[0] == 1)
+    _, redelivered = standby.send("volume.create", {"pool": POOL, "name": name, "capacity": 4096},
+                                  command_id=command_id)
+    standby.link.wait(lambda: redelivered.delivery_tag in standby.link.acked)
+    gate.set()
+    result = active.result(command_id)
+    assert result["status"] == "succeeded" and not result["duplicate"]
+    assert standby.results(command_id) == [] and standby.replies(command_id) == []
+    entry = active.worker.journal.get(command_id)
+    assert entry.owner == entry.runner == active.worker.owner != standby.worker.owner

@@ -11,6 +11,7 @@ import pytest
 
 from messages.results import Result
 from worker.state.journal import Journal, State
+from worker.state.records import SCHEMA
 
 
 def result(command_id: str, status: str = "succeeded", op: str | None = "volume.create") -> Result:
@@ -296,3 +297,27 @@ def test_stop_waiting_ends_a_wait_for_room_with_the_error(tmp_path, monkeypatch)
     writer.join(5)
     assert len(failures) == 1 and "full" in str(failures[0])
     assert not journal.known("a")
+
+
+def test_a_journal_from_before_the_runner_column_gets_it(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(SCHEMA.replace("    runner         TEXT,\n", ""))
+    old.execute("INSERT INTO commands (id, fingerprint, op, state, received_at, updated_at) "
+                "VALUES ('c1', 'f', 'volume.create', 'received', 0, 0)")
+    old.commit()
+    old.close()
+    journal = Journal(path)
+    try:
+        assert journal.get("c1").runner is None
+        assert journal.receive("c2", "f", "volume.create", runner="me:1:0")
+        assert journal.get("c2").runner == "me:1:0"
+    finally:
+        journal.close()
+
+
+def test_an_owner_is_alive_while_its_heartbeat_is_fresh_and_its_process_exists(journal):
+    journal.heartbeat("me")
+    assert journal.alive("me", stale_after=15)
+    assert not journal.alive("someone-else", stale_after=15)
+    assert not journal.alive("me", stale_after=-1), "a heartbeat older than the limit"

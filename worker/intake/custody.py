@@ -26,7 +26,7 @@ from worker.clock import utcnow
 from worker.intake.inflight import InFlight, InFlightTable
 from worker.intake.settlement import Settlement
 from worker.state.journal import Entry, Journal, State
-from worker.transport.port import Link
+from worker.transport.port import Delivery, Link
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,26 @@ class Custody:
             self._journal.own(command.id, self._owner)
             flight.delivery = None
             self._link.ack(delivery)
+
+    @property
+    def owner(self) -> str:
+        return self._owner
+
+    def leave_to_live_holder(self, delivery: Delivery, entry: Entry) -> bool:
+        """A redelivered command that another live process sharing the journal holds (it received
+        it, or owns it) — with a hot standby, closing the active worker's connection hands its
+        unacknowledged deliveries to the standby while the active one still runs them. Running it
+        here as well would run it twice: the journal takes custody of it for that holder (a
+        holder that dies later leaves it as an orphan, resumed like any other) and the delivery is
+        acknowledged. False when no live process holds it."""
+        holder = entry.owner or entry.runner
+        if holder is None or holder == self._owner or not self._journal.alive(holder, self._timings.stale_after):
+            return False
+        self._journal.own(entry.id, holder)
+        log.info("a live process holds this redelivered command; it is not run here as well",
+                 extra={"command_id": entry.id, "op": entry.op, "holder": holder})
+        self._link.ack(delivery)
+        return True
 
     def resume_orphans(self, schedule: Callable[[InFlight], None]) -> None:
         """Take over what dead owners left (on the intake thread): publish their unconfirmed results,

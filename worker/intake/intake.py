@@ -125,7 +125,7 @@ class Intake:
         else:
             # The insert tells a new id from a known one: no look-up on the common path.
             new = self._journal.receive(command.id, command.fingerprint, command.op, body=delivery.body,
-                                        reply_to=to, correlation_id=correlation_id)
+                                        reply_to=to, correlation_id=correlation_id, runner=self._custody.owner)
         if not new and self._answered_from_journal(delivery, command.id, command.fingerprint, command.op):
             return
         if command.deadline is not None and command.deadline < received_at:
@@ -167,6 +167,8 @@ class Intake:
                 self._settlement.republish(entry, placeholder_for(entry), delivery)
                 return True
             self._settlement.duplicate(delivery, entry)
+            return True
+        if self._custody.leave_to_live_holder(delivery, entry):
             return True
         log.info("running again a command an earlier run did not finish",
                  extra={"command_id": command_id, "op": op, "state": entry.state.value})

@@ -62,6 +62,9 @@ class Journal:
             # journal's lock. `checkpoint()` does it from the custody thread instead.
             self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._db.executescript(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(commands)")}
+            if "runner" not in columns:  # a journal written before the column existed
+                self._db.execute("ALTER TABLE commands ADD COLUMN runner TEXT")
         self._checkpointer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
@@ -155,14 +158,22 @@ class Journal:
         return self._run("SELECT 1 FROM commands WHERE id = ?", (command_id,)).fetchone() is not None
 
     def receive(self, command_id: str, fingerprint: str, op: str | None, *, body: bytes | None = None,
-                reply_to: str | None = None, correlation_id: str | None = None) -> bool:
-        """Record a new command; False when the id is already known."""
+                reply_to: str | None = None, correlation_id: str | None = None, runner: str | None = None) -> bool:
+        """Record a new command received by `runner` (an owner id); False when the id is already known."""
         now = time.time()
         cursor = self._run(
             "INSERT OR IGNORE INTO commands (id, fingerprint, op, state, body, reply_to, correlation_id, "
-            "received_at, updated_at) VALUES (?, ?, ?, 'received', ?, ?, ?, ?, ?)",
-            (command_id, fingerprint, op, body, reply_to, correlation_id, now, now))
+            "received_at, updated_at, runner) VALUES (?, ?, ?, 'received', ?, ?, ?, ?, ?, ?)",
+            (command_id, fingerprint, op, body, reply_to, correlation_id, now, now, runner))
         return cursor.rowcount == 1
+
+    def alive(self, owner: str, stale_after: float) -> bool:
+        """Whether `owner` (another process sharing this journal) proves itself alive: a heartbeat
+        newer than `stale_after` seconds and, on this machine, a process that exists."""
+        row = self._run("SELECT hostname, pid, heartbeat FROM owners WHERE owner = ?", (owner,)).fetchone()
+        if row is None or row[2] < time.time() - stale_after:
+            return False
+        return row[0] != socket.gethostname() or process_alive(row[1])
 
     def start(self, command_id: str) -> None:
         self._run("UPDATE commands SET state = 'running', updated_at = ? WHERE id = ?", (time.time(), command_id))

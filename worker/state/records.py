@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS commands (
     correlation_id TEXT,
     owner          TEXT,
     resumes        INTEGER NOT NULL DEFAULT 0,
+    runner         TEXT,
     received_at    REAL NOT NULL,
     updated_at     REAL NOT NULL
 );
@@ -66,6 +67,9 @@ class Entry:
     owner: str | None = None
     body: bytes | None = None
     resumes: int = 0
+    #: the worker process that received the command (its owner id); with a hot standby sharing the
+    #: journal, a redelivery may reach the other process while this one still runs the command
+    runner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ class Parked:
     headers: str
 
 
-COLUMNS = "id, fingerprint, op, state, result, published, reply_to, correlation_id, owner, body, resumes"
+COLUMNS = "id, fingerprint, op, state, result, published, reply_to, correlation_id, owner, body, resumes, runner"
 
 # A terminal result; the row exists already unless the command was rejected before being received
 # (or is a read, written only with its result).
@@ -109,4 +113,5 @@ def finish_parameters(command_id: str, fingerprint: str, result: Result, body: s
 def entry_of(row: tuple) -> Entry:
     return Entry(id=row[0], fingerprint=row[1], op=row[2], state=State(row[3]),
                  result=Result.model_validate_json(row[4]) if row[4] else None, published=bool(row[5]),
-                 reply_to=row[6], correlation_id=row[7], owner=row[8], body=row[9], resumes=row[10])
+                 reply_to=row[6], correlation_id=row[7], owner=row[8], body=row[9], resumes=row[10],
+                 runner=row[11])
