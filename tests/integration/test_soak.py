@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import libvirt
+import pytest
 
 from tests.conftest import require
 from tests.soak.faults import libvirtd_answers
@@ -21,12 +22,13 @@ from tests.soak.rig import cluster
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.timeout(480)
 def test_a_three_minute_soak_ends_without_violations(libvirt_conn):
     require(os.geteuid() == 0, "the soak needs root (network namespaces, mounts, loop devices)")
     cluster_ran = bool(cluster("pids").strip())
     began = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "tests.soak", "--minutes", "3", "--seed", "1"], cwd=REPO,
-                          capture_output=True, text=True, timeout=420)
+                          check=False, capture_output=True, text=True, timeout=420)
     took = time.monotonic() - began
     print(done.stdout)
     print(f"soak took {took:.0f} s")

@@ -26,6 +26,8 @@ class Inbox:
     results: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
     replies: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
     undecodable: list[dict] = field(default_factory=list)   # results without an id (`<host>.unknown.rejected`)
+    #: every event taken from the live path (the events exchange, through a quorum queue of the soak's)
+    events: list[dict] = field(default_factory=list)
 
 
 class Bus:
@@ -34,6 +36,7 @@ class Bus:
         self.prefix = prefix
         self.results_queue = f"{prefix}.soak-results"
         self.replies_queue = f"{prefix}.soak-replies"
+        self.events_queue = f"{prefix}.soak-events"
         self.inbox = Inbox()
         self.reconnects = 0
         self._node = 0
@@ -72,11 +75,13 @@ class Bus:
                 time.sleep(0.3)
 
     def _declare(self, channel: Any) -> None:
-        for kind, exchange in (("direct", f"{self.prefix}.commands"), ("topic", f"{self.prefix}.results")):
+        for kind, exchange in (("direct", f"{self.prefix}.commands"), ("topic", f"{self.prefix}.results"),
+                               ("topic", f"{self.prefix}.events")):
             channel.exchange_declare(exchange, exchange_type=kind, durable=True)
-        for queue in (self.results_queue, self.replies_queue):
+        for queue in (self.results_queue, self.replies_queue, self.events_queue):
             channel.queue_declare(queue, durable=True, arguments=QUORUM)
         channel.queue_bind(self.results_queue, f"{self.prefix}.results", "#")
+        channel.queue_bind(self.events_queue, f"{self.prefix}.events", "#")
 
     # -------------------------------------------------------------------------------- traffic
 
@@ -103,17 +108,25 @@ class Bus:
             nonlocal taken
             for queue, box in ((self.results_queue, self.inbox.results), (self.replies_queue, self.inbox.replies)):
                 for _ in range(500):
-                    method, _properties, body = channel.basic_get(queue, auto_ack=True)
+                    method, _properties, body = channel.basic_get(queue, auto_ack=False)
                     if method is None:
                         break
                     taken += 1
                     message = json.loads(body)
+                    channel.basic_ack(method.delivery_tag)
                     if message.get("id") is None or message.get("op") is None:
                         if box is self.inbox.results:
                             self.inbox.undecodable.append(message)
                         if message.get("id") is None:
                             continue
                     box[message["id"]].append(message)
+            for _ in range(2000):
+                method, _properties, body = channel.basic_get(self.events_queue, auto_ack=False)
+                if method is None:
+                    break
+                taken += 1
+                self.inbox.events.append(json.loads(body))
+                channel.basic_ack(method.delivery_tag)
         self.retrying(drain)
         return taken
 

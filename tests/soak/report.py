@@ -28,6 +28,7 @@ def table(findings: Findings, faults: Counter, fault_errors: list[str], resends:
              ("re-sent: publish retried by the soak", resends["bus"]),
              ("duplicate replies", findings.duplicates),
              ("identical results published again", findings.redundant),
+             ("reads answered again (a fresh read)", findings.reads_again),
              ("events read from the stream", findings.events),
              ("event sequence gaps (missing numbers)", findings.gaps)]
     rows += [(f"  accounted: {why}", n) for why, n in sorted(findings.gaps_accounted.items())]

@@ -203,7 +203,8 @@ class Rig:
         try:
             channel = connection.channel()
             queues = [f"{self.prefix}.commands.{host.host_id}" for host in self.hosts]
-            queues += [f"{self.prefix}.{name}" for name in ("dead", "events.stream", "soak-results", "soak-replies")]
+            queues += [f"{self.prefix}.{name}" for name in ("dead", "events.stream", "soak-results", "soak-replies",
+                                                                     "soak-events")]
             for queue in queues:
                 channel.queue_delete(queue)
             for exchange in ("commands", "results", "events", "dlx"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -124,12 +125,20 @@ def soak(args: argparse.Namespace) -> int:
         restore(rig)
         driver.drain(DRAIN_SECONDS)
         rig.stop_workers()
-        findings = judge(rig, driver, model, surprises)
+        findings = judge(rig, driver, model, surprises, faults.counts()["broker.node_restart"])
         header = (f"soak seed={args.seed} minutes={args.minutes:g} prefix={rig.prefix} "
                   f"hosts={','.join(h.host_id for h in rig.hosts)} (first with a standby) "
                   f"ran {time.monotonic() - began:.0f} s")
         errors = [f"{f.kind} at {f.started:.0f} s: {f.error}" for f in faults.errors()]
+        for fault in faults.injected:  # the timeline, for reading the workers' logs against
+            print(f"fault {fault.kind} {fault.target} {fault.started:.1f}-{fault.ended:.1f} s", file=sys.stderr)
         print(table(findings, faults.counts(), errors, driver.resends, header), flush=True)
+        if findings.violations:
+            kept = Path(f"/tmp/storage-worker-soak-logs-{rig.tag}")
+            kept.mkdir()
+            for worker in rig.workers():
+                shutil.copy(worker.log_path, kept)
+            print(f"worker logs: {kept}", flush=True)
         bus.close()
         return 1 if findings.violations else 0
     finally:
@@ -142,7 +151,7 @@ def soak(args: argparse.Namespace) -> int:
             rig.close()
 
 
-def judge(rig: Rig, driver: Driver, model: Model, surprises: list[str]) -> checker.Findings:
+def judge(rig: Rig, driver: Driver, model: Model, surprises: list[str], node_restarts: int) -> checker.Findings:
     findings = checker.Findings()
     findings.add("results", checker.check_results(driver, findings))
     findings.add("reads", surprises)
@@ -153,8 +162,9 @@ def judge(rig: Rig, driver: Driver, model: Model, surprises: list[str]) -> check
     findings.add("journal", checker.check_journals(state_dirs, answered))
     events = driver.bus.read_stream(f"{rig.prefix}.events.stream")
     drops = checker.reported_drops([worker.log_path for worker in rig.workers()])
-    findings.add("events", checker.check_events(events, [h.host_id for h in rig.hosts], drops,
-                                                checker.parked_events(state_dirs), findings))
+    driver.bus.collect()
+    findings.add("events", checker.check_events(events, driver.bus.inbox.events, [h.host_id for h in rig.hosts],
+                                                drops, checker.parked_events(state_dirs), node_restarts, findings))
     dead = driver.bus.read_queue(f"{rig.prefix}.dead")
     findings.add("dead letters", checker.check_dead_letters(dead, driver, findings))
     return findings

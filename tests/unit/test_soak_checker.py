@@ -53,15 +53,25 @@ def test_gaps_per_process_and_what_accounts_for_them():
     events = [("h.volume.created", event(n, "one")) for n in (1, 2, 4)]
     events += [("h.volume.created", event(n, "two")) for n in (1, 2, 3)]
     findings = Findings()
-    problems = check_events(events, ["h"], reported_drops=0, parked=set(), findings=findings)
+    problems = check_events(events, [], ["h"], 0, set(), 0, findings)
     assert findings.gaps == 1 and problems and "#3" in problems[0]
     findings = Findings()
-    assert check_events(events, ["h"], reported_drops=1, parked=set(), findings=findings) == []
+    assert check_events(events, [], ["h"], 1, set(), 0, findings) == []
     assert findings.gaps_accounted == Counter({"dropped (reported)": 1, "parked in outbox": 0})
+
+
+def test_events_the_stream_lost_but_the_live_path_carried_need_a_node_restart():
+    stream = [("h.volume.created", event(n, "one")) for n in (1, 3)]
+    live = [event(2, "one")]
+    findings = Findings()
+    assert check_events(stream, live, ["h"], 0, set(), 1, findings) == []
+    assert findings.gaps_accounted["seen live, lost by the stream"] == 1
+    problems = check_events(stream, live, ["h"], 0, set(), 0, Findings())
+    assert problems and "no broker node was restarted" in problems[0]
 
 
 def test_one_command_making_two_events_of_a_kind_ran_twice():
     events = [("h.volume.created", event(1, "one", commandid="c1")),
               ("h.volume.created", event(1, "two", commandid="c1"))]
-    problems = check_events(events, ["h"], reported_drops=0, parked=set(), findings=Findings())
+    problems = check_events(events, [], ["h"], 0, set(), 0, Findings())
     assert problems == ["command c1 caused 2 different storage.volume.created events (ran twice?)"]
