@@ -185,8 +185,8 @@ class VolumeLane(Lane):
 
 class PoolLane(Lane):
     """Dir pools `<lane>-p<n>`, one at a time, through their lifecycle: define (built, maybe started),
-    start, stop, refresh, info, a volume made and removed in it, delete (refused while it runs),
-    undefine; then the next."""
+    start, stop, refresh, info, a volume made and removed in it, delete (refused while it runs or
+    still holds a volume), undefine; then the next."""
 
     def __init__(self, name: str, host: str, rng: random.Random, context: Context, root: Path):
         super().__init__(name, host, rng, context)
@@ -233,9 +233,12 @@ class PoolLane(Lane):
                                  self._after(key, "running" if start else "inactive"))]
         has_volume = self.model.certain(self.volume_key()) is not ABSENT
         if state == "inactive":
-            what = self.rng.choice(["start", "start", "undefine"] if not has_volume else ["start"])
+            what = self.rng.choice(["start", "start", "undefine"] if not has_volume else ["start", "delete-full"])
             if what == "start":
                 return [self.command("pool.start", {"name": pool}, self._after(key, "running"))]
+            if what == "delete-full":  # refused: the directory still holds a volume
+                return [self.command("pool.delete", {"name": pool}, self._after(key, "inactive"),
+                                     expect="fail:invalid")]
             return [self.command("pool.undefine", {"name": pool}, self._undefined)]
         choices = ["stop", "refresh", "info", "list", "delete-running"]
         choices += ["volume-delete"] if has_volume else ["volume-create"]

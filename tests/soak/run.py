@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -170,5 +171,11 @@ def judge(rig: Rig, driver: Driver, model: Model, surprises: list[str], node_res
     return findings
 
 
+def _stop_on_sigterm(signum: int, _frame: object) -> None:
+    """SIGTERM ends the soak like Ctrl-C: through its clean-up (libvirtd continued, the rig removed)."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     return soak(parse(sys.argv[1:] if argv is None else argv))
