@@ -7,6 +7,7 @@ libvirtd is the machine's own, shared: every fault that stops it restores it in 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
@@ -54,6 +55,21 @@ def libvirtd_pid() -> int | None:
     return int(found[0]) if found else None
 
 
+def signal_libvirtd(signum: int) -> int:
+    """Send `signum` to libvirtd; its pid. libvirtd is shared: another user may restart it between
+    the look-up and the signal, so a pid that vanished is looked up again."""
+    for _ in range(20):
+        pid = libvirtd_pid()
+        if pid is not None:
+            try:
+                os.kill(pid, signum)
+                return pid
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+    raise AssertionError("libvirtd is not running")
+
+
 def libvirtd_answers() -> bool:
     return subprocess.run(["virsh", "-q", "-c", "qemu:///system", "uri"], check=False, capture_output=True,
                           timeout=30).returncode == 0
@@ -62,10 +78,11 @@ def libvirtd_answers() -> bool:
 def ensure_libvirtd() -> None:
     """libvirtd running and answering (started again if a fault left it stopped)."""
     pid = libvirtd_pid()
-    if pid is not None:
-        os.kill(pid, signal.SIGCONT)
-    else:
+    if pid is None:
         subprocess.run(["libvirtd", "-d"], check=True)
+    else:
+        with contextlib.suppress(ProcessLookupError):  # restarted by someone else meanwhile
+            os.kill(pid, signal.SIGCONT)
     wait_for(libvirtd_answers, 60, "libvirtd to answer", interval=0.3)
 
 
@@ -169,25 +186,21 @@ class Faults:
     # ------------------------------------------------------------------------------- libvirtd
 
     def _libvirtd_restart(self, planned: Planned) -> str:
-        pid = libvirtd_pid()
         try:
-            if pid is not None:
-                os.kill(pid, signal.SIGTERM)
-                wait_for(lambda: libvirtd_pid() is None, 60, "libvirtd to exit", interval=0.1)
+            signal_libvirtd(signal.SIGTERM)
+            wait_for(lambda: libvirtd_pid() is None, 60, "libvirtd to exit", interval=0.1)
             time.sleep(planned.hold / 2)
         finally:
             ensure_libvirtd()
         return "libvirtd"
 
     def _libvirtd_sigstop(self, planned: Planned) -> str:
-        pid = libvirtd_pid()
-        if pid is None:
-            raise AssertionError("libvirtd is not running")
-        os.kill(pid, signal.SIGSTOP)
+        pid = signal_libvirtd(signal.SIGSTOP)
         try:
             time.sleep(planned.hold)
         finally:
-            os.kill(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
             wait_for(libvirtd_answers, 60, "libvirtd to answer after SIGCONT", interval=0.2)
         return f"libvirtd {planned.hold} s"
 
