@@ -101,6 +101,8 @@ class CloudEvent(Strict):
     datacontenttype: Literal["application/json"] = "application/json"
     host: str
     sequence: str = Field(description="Per-worker-process integer, increasing in publish order")
+    incarnation: str | None = Field(None, description="The worker process that numbered `sequence`: a host "
+                                    "with a hot standby runs two, each counting on its own")
     commandid: str | None = None
     data: dict
 

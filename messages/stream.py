@@ -127,7 +127,11 @@ class SequenceCheck:
     process and starts again at 1 in the next; an event that fills an earlier gap late (a publish the
     broker nacked and the worker sent again) closes it. The first event of each source sets its
     start: what came before the reader's window is no gap. Feed it each event once (repeats
-    dropped first, as StreamFilter does): a repeat would read as a new process."""
+    dropped first, as StreamFilter does): a repeat would read as a new process.
+
+    Events that name their `incarnation` (the worker process that numbered them) are counted per
+    incarnation: a host with a hot standby has two processes publishing under one source at once,
+    whose sequences interleave."""
 
     MAX_OPEN_GAPS = 100
 
@@ -136,9 +140,10 @@ class SequenceCheck:
 
     def observe(self, event: CloudEvent) -> Gap | None:
         sequence = int(event.sequence)
-        state = self._sources.get(event.source)
+        counter = f"{event.source}#{event.incarnation}" if event.incarnation else event.source
+        state = self._sources.get(counter)
         if state is None:
-            self._sources[event.source] = _Source(last=sequence)
+            self._sources[counter] = _Source(last=sequence)
             return None
         if sequence == state.last + 1:
             state.last = sequence
@@ -151,7 +156,7 @@ class SequenceCheck:
         if self._fills(state, sequence):
             return None
         # Lower than anything open: a new process of that worker, counting from 1 again.
-        self._sources[event.source] = _Source(last=sequence)
+        self._sources[counter] = _Source(last=sequence)
         return Gap(event.source, event.host, 1, sequence - 1) if sequence > 1 else None
 
     @staticmethod

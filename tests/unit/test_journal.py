@@ -327,3 +327,23 @@ def test_stop_waiting_ends_a_wait_for_room_with_the_error(tmp_path, monkeypatch)
     writer.join(5)
     assert len(failures) == 1 and "full" in str(failures[0])
     assert not journal.known("a")
+
+
+def test_a_checkpoint_that_cannot_be_written_is_skipped_not_raised(tmp_path, caplog):
+    """A full disk made the checkpoint raise, which ended the custody pass before it took overdue
+    commands into custody or looked for orphans (found by the soak's state-dir-full fault)."""
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    try:
+        journal.receive("c1", "f", "volume.create")
+        # A connection that cannot write the database fails the checkpoint as a full disk does.
+        journal._checkpointer = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        assert journal.checkpoint() is False
+        assert journal.checkpoint() is False
+        assert [r.message for r in caplog.records].count(
+            "cannot checkpoint the journal; its write-ahead log keeps the changes") == 1
+        journal._checkpointer = None
+        assert journal.checkpoint() is True
+        assert journal.get("c1") is not None
+    finally:
+        journal.close()

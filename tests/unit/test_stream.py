@@ -136,3 +136,16 @@ def test_a_restart_whose_first_events_were_missed_is_a_gap():
     check = SequenceCheck()
     check.observe(event("a", 10))
     assert check.observe(event("a", 3)) == Gap("/storage-worker/a", "a", 1, 2)
+
+
+def test_a_standby_counts_on_its_own_under_the_same_source():
+    """Two processes of one host (a hot standby) publish under one source, their sequences
+    interleaved: each incarnation is checked on its own, so neither reads as gaps or restarts."""
+    check = SequenceCheck()
+    active = [event("a", n).model_copy(update={"incarnation": "one"}) for n in range(1, 6)]
+    standby = [event("a", n).model_copy(update={"incarnation": "two"}) for n in range(1, 4)]
+    for first, second in zip(active, standby):
+        assert check.observe(first) is None and check.observe(second) is None
+    assert check.observe(active[3]) is None
+    skipped = event("a", 5).model_copy(update={"incarnation": "two"})
+    assert check.observe(skipped) == Gap("/storage-worker/a", "a", 4, 4), "a gap of the standby's own"

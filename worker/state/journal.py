@@ -63,6 +63,7 @@ class Journal:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
             self._db.executescript(SCHEMA)
         self._checkpointer: sqlite3.Connection | None = None
+        self._checkpoint_failing = False
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
         # Writes deferred to the journal's next write (a result stored, an event parked, the next
@@ -93,14 +94,25 @@ class Journal:
             if self._reader is not None:
                 self._reader.close()
 
-    def checkpoint(self) -> None:
+    def checkpoint(self) -> bool:
         """Copy the write-ahead log into the database, on a connection of its own (PASSIVE: it never
-        waits for, nor holds up, the writers)."""
+        waits for, nor holds up, the writers). One that cannot be written (a full disk, an I/O
+        error) is skipped — the log keeps the changes for the next — and False returned: it must
+        not end the custody pass that asks for it (heartbeat, custody of overdue commands, orphans)."""
         if self._path == ":memory:":
-            return
+            return True
         if self._checkpointer is None:
             self._checkpointer = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        try:
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.OperationalError as exc:
+            if not self._checkpoint_failing:
+                log.warning("cannot checkpoint the journal; its write-ahead log keeps the changes",
+                            extra={"error": str(exc)})
+            self._checkpoint_failing = True
+            return False
+        self._checkpoint_failing = False
+        return True
 
     def _run(self, sql: str, parameters: tuple = ()) -> sqlite3.Cursor:
         return self._writing(lambda: self._db.execute(sql, parameters))

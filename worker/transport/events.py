@@ -51,6 +51,7 @@ class EventPublisher:
         self._metrics = metrics
         self._source = f"/storage-worker/{topology.host}"
         self._sequence = itertools.count(1)
+        self._incarnation = uuid.uuid4().hex[:16]
         self._emitted = 0
         self._lock = threading.Lock()
 
@@ -90,6 +91,7 @@ class EventPublisher:
         with self._lock:
             event = CloudEvent(id=str(uuid.uuid4()), source=self._source, type=event_type, subject=subject,
                                time=utcnow(), host=self._topology.host, sequence=str(next(self._sequence)),
+                               incarnation=self._incarnation,
                                commandid=command_id, data=data.model_dump(mode="json"))
             body = event.model_dump_json(exclude_none=True).encode()
             properties = BasicProperties(content_type=CONTENT_TYPE, delivery_mode=2, message_id=event.id,
