@@ -22,6 +22,8 @@ from typing import Any
 import pika
 import pika.exceptions
 
+from tests.exchanges import declare_exchanges
+
 CONNECTION_TROUBLE = (pika.exceptions.AMQPError, OSError)
 QUORUM = {"x-queue-type": "quorum"}
 
@@ -110,10 +112,7 @@ class ClusterWorkload:
 
     def _declare(self) -> None:
         def declare(channel):
-            for kind, exchange in (("results", f"{self.prefix}.results"), ("events", f"{self.prefix}.events"),
-                                   ("commands", f"{self.prefix}.commands")):
-                channel.exchange_declare(exchange, exchange_type="direct" if kind == "commands" else "topic",
-                                         durable=True)
+            declare_exchanges(channel, self.prefix)
             for name in self.queues.values():
                 channel.queue_declare(name, durable=True, arguments=QUORUM)
             for host in self.hosts:

@@ -20,6 +20,7 @@ import pika
 
 from tests.conftest import AMQP_URL
 from tests.integration.conftest import wait_for
+from tests.exchanges import declare_exchanges
 
 CLI = str(Path(sys.executable).with_name("storage-worker"))
 
@@ -157,10 +158,7 @@ class Workload:
 
     def _declare(self) -> None:
         def declare(channel):
-            for kind, exchange in (("results", f"{self.prefix}.results"), ("events", f"{self.prefix}.events"),
-                                   ("commands", f"{self.prefix}.commands")):
-                channel.exchange_declare(exchange, exchange_type="direct" if kind == "commands" else "topic",
-                                         durable=True)
+            declare_exchanges(channel, self.prefix)
             for name in self.queues.values():
                 channel.queue_declare(name, durable=True)
             channel.queue_bind(self.queues["results"], f"{self.prefix}.results", f"{self.host_id}.#")

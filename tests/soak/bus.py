@@ -16,6 +16,8 @@ from typing import Any
 import pika
 import pika.exceptions
 
+from tests.exchanges import declare_exchanges
+
 QUORUM = {"x-queue-type": "quorum"}
 
 
@@ -75,9 +77,7 @@ class Bus:
                 time.sleep(0.3)
 
     def _declare(self, channel: Any) -> None:
-        for kind, exchange in (("direct", f"{self.prefix}.commands"), ("topic", f"{self.prefix}.results"),
-                               ("topic", f"{self.prefix}.events")):
-            channel.exchange_declare(exchange, exchange_type=kind, durable=True)
+        declare_exchanges(channel, self.prefix)
         for queue in (self.results_queue, self.replies_queue, self.events_queue):
             channel.queue_declare(queue, durable=True, arguments=QUORUM)
         channel.queue_bind(self.results_queue, f"{self.prefix}.results", "#")
