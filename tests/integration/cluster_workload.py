@@ -22,9 +22,8 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from tests.exchanges import declare_exchanges
+from tests.amqp_helpers import CONNECTION_TROUBLE, declare_exchanges, retrying
 
-CONNECTION_TROUBLE = (pika.exceptions.AMQPError, OSError)
 QUORUM = {"x-queue-type": "quorum"}
 
 
@@ -100,15 +99,7 @@ class ClusterWorkload:
         self._connection = self._channel = None
 
     def _retrying(self, action, timeout: float = 120):
-        end = time.monotonic() + timeout
-        while True:
-            try:
-                return action(self._publish_channel())
-            except CONNECTION_TROUBLE:
-                self._drop_connection()
-                if time.monotonic() > end:
-                    raise
-                time.sleep(0.2)
+        return retrying(action, self._publish_channel, self._drop_connection, timeout, pause=0.2)
 
     def _declare(self) -> None:
         def declare(channel):

@@ -20,7 +20,7 @@ import pika
 
 from tests.conftest import AMQP_URL
 from tests.integration.conftest import wait_for
-from tests.exchanges import declare_exchanges
+from tests.amqp_helpers import declare_exchanges, retrying
 
 CLI = str(Path(sys.executable).with_name("storage-worker"))
 
@@ -146,15 +146,10 @@ class Workload:
         return self._channel
 
     def _retrying(self, action, timeout: float = 60):
-        end = time.monotonic() + timeout
-        while True:
-            try:
-                return action(self._connect())
-            except (pika.exceptions.AMQPError, OSError):
-                self._channel = None
-                if time.monotonic() > end:
-                    raise
-                time.sleep(0.5)
+        return retrying(action, self._connect, self._forget_channel, timeout, pause=0.5)
+
+    def _forget_channel(self) -> None:
+        self._channel = None
 
     def _declare(self) -> None:
         def declare(channel):

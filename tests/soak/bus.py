@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from tests.exchanges import declare_exchanges
+from tests.amqp_helpers import declare_exchanges, retrying
 
 QUORUM = {"x-queue-type": "quorum"}
 
@@ -66,15 +65,10 @@ class Bus:
         return self._channel
 
     def retrying(self, action, timeout: float = 120) -> Any:
-        end = time.monotonic() + timeout
-        while True:
-            try:
-                return action(self._connect())
-            except (pika.exceptions.AMQPError, OSError):
-                self._channel = None
-                if time.monotonic() > end:
-                    raise
-                time.sleep(0.3)
+        return retrying(action, self._connect, self._forget_channel, timeout, pause=0.3)
+
+    def _forget_channel(self) -> None:
+        self._channel = None
 
     def _declare(self, channel: Any) -> None:
         declare_exchanges(channel, self.prefix)
